@@ -1,0 +1,27 @@
+# Every target sets up .venv itself from the pinned constraints file.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdir/ddpm_digits
+
+.PHONY: venv demo test bench clean
+
+$(VENV)/.installed: setup.py constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m experiments.main --config=configs/ddpm_digits.py --workdir=$(WORKDIR)
+
+test: venv
+	$(PY) -m pytest -q -n 2 tests
+
+bench: venv
+	$(PY) -m experiments.bench_sampler
+
+clean:
+	rm -rf $(VENV) workdir

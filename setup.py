@@ -1,0 +1,28 @@
+"""udm: a Unified Diffusion Model codebase in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="udm",
+    version="0.1.0",
+    description="Train, sample and evaluate diffusion models of every kind through one abstraction.",
+    packages=find_packages(include=["udm", "udm.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7,<0.11",
+        "flax>=0.11,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "chex>=0.1.89,<0.2",
+        "ml-collections>=1.0,<2",
+        "absl-py>=2.1,<3",
+        "numpy>=1.26,<3",
+        "scipy>=1.11,<2",
+        "scikit-learn>=1.4,<2",
+        "matplotlib>=3.8,<4",
+        "tqdm>=4.60,<5",
+        "tensorboardX>=2.6,<3",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+    },
+)

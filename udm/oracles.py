@@ -1,0 +1,59 @@
+"""Exact x_0 predictors E[x_0 | x_t] for Gaussian-process data whose posterior is known.
+
+They have the predictor signature `(params, x_t, t) -> x0_hat` (params ignored), so they plug
+into every sampler exactly like a trained network; tests and notebooks use them as ground truth.
+"""
+import jax
+import jax.numpy as jnp
+
+
+def gaussian_posterior_mean(process, mean, std):
+    """E[x_0 | x_t] for x_0 ~ N(mean, std^2 I): mean + a s^2 (x_t - a mean) / (a^2 s^2 + b^2)."""
+    def predictor(params, xt, t):
+        del params
+        a, b = process.alpha_bar[t], process.beta_bar[t]
+        gain = a * std ** 2 / (a ** 2 * std ** 2 + b ** 2)
+        return mean + gain * (xt - a * mean)
+
+    return predictor
+
+
+def gaussian_mixture_posterior_mean(process, means, stds, weights):
+    """E[x_0 | x_t] for x_0 ~ sum_k w_k N(mu_k, s_k^2 I) in d dimensions.
+
+    Args:
+      means: [K, d] component means; stds: [K] isotropic stds; weights: [K], summing to 1.
+    Returns:
+      predictor(params, x_t [B, d], t) -> [B, d].
+    """
+    means = jnp.asarray(means)
+    stds = jnp.asarray(stds)
+    log_w = jnp.log(jnp.asarray(weights))
+
+    def one(xt, t):
+        a, b = process.alpha_bar[t], process.beta_bar[t]
+        var_t = a ** 2 * stds ** 2 + b ** 2                       # [K] marginal variance of x_t
+        d = xt.shape[-1]
+        sq = jnp.sum((xt[None, :] - a * means) ** 2, axis=-1)      # [K]
+        log_resp = log_w - 0.5 * sq / var_t - 0.5 * d * jnp.log(var_t)
+        resp = jax.nn.softmax(log_resp)                           # p(k | x_t)
+        gain = a * stds ** 2 / var_t                              # [K]
+        comp_means = means + gain[:, None] * (xt[None, :] - a * means)
+        return resp @ comp_means
+
+    def predictor(params, xt, t):
+        del params
+        return jax.vmap(one, in_axes=(0, None))(xt, t)
+
+    return predictor
+
+
+def mixture_responsibilities(means, stds, weights, x0):
+    """p(k | x_0) for samples x_0 [N, d] of the mixture: used to read off recovered weights."""
+    means = jnp.asarray(means)
+    stds = jnp.asarray(stds)
+    d = x0.shape[-1]
+    sq = jnp.sum((x0[:, None, :] - means[None]) ** 2, axis=-1)   # [N, K]
+    log_resp = (jnp.log(jnp.asarray(weights))[None] - 0.5 * sq / stds[None] ** 2
+                - d * jnp.log(stds)[None])
+    return jax.nn.softmax(log_resp, axis=-1)

@@ -1,0 +1,55 @@
+"""Noise schedules: the signal coefficients alpha_bar_t, t = 0..T, of p(x_t|x_0) = N(alpha_bar_t x_0, beta_bar_t^2 I).
+
+Blog notation (spec 00 §4): alpha_bar_t is the signal coefficient itself (NOT its square),
+beta_bar_t = sqrt(1 - alpha_bar_t^2) the noise standard deviation, alpha_bar_0 = 1.
+Every schedule returns a float64 numpy array of length T + 1; processes cast it once.
+"""
+import numpy as np
+
+from udm.registry import Registry
+
+SCHEDULES = Registry("schedule")
+
+
+def _from_one_step(alphas: np.ndarray) -> np.ndarray:
+    """alpha_bar_t = prod_{i<=t} alpha_i with alpha_bar_0 = 1 (spec 02, D2)."""
+    return np.concatenate([[1.0], np.cumprod(alphas)])
+
+
+@SCHEDULES.register("blog")
+def blog(num_timesteps: int) -> np.ndarray:
+    """The posts' default: alpha_t = sqrt(1 - 0.02 t / T) (paper-beta linear from 2e-5 to 0.02)."""
+    t = np.arange(1, num_timesteps + 1, dtype=np.float64)
+    return _from_one_step(np.sqrt(1.0 - 0.02 * t / num_timesteps))
+
+
+@SCHEDULES.register("linear")
+def linear(num_timesteps: int) -> np.ndarray:
+    """DDPM paper: paper-beta_t linear from 1e-4 to 0.02 (scaled to T = 1000), alpha_t = sqrt(1 - beta_t)."""
+    scale = 1000.0 / num_timesteps
+    betas = np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
+    return _from_one_step(np.sqrt(1.0 - betas))
+
+
+@SCHEDULES.register("cosine")
+def cosine(num_timesteps: int, offset: float = 0.008) -> np.ndarray:
+    """Improved-DDPM cosine schedule: alpha_bar_t^2 = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s) pi/2).
+
+    As in Nichol & Dhariwal (arXiv 2102.09672), paper-beta_t is clipped at 0.999 so the last
+    step stays invertible.
+    """
+    t = np.arange(num_timesteps + 1, dtype=np.float64)
+    f = np.cos((t / num_timesteps + offset) / (1.0 + offset) * np.pi / 2) ** 2
+    abar_sq = f / f[0]
+    betas = np.clip(1.0 - abar_sq[1:] / abar_sq[:-1], 0.0, 0.999)
+    return _from_one_step(np.sqrt(1.0 - betas))
+
+
+def get_alpha_bar(name: str, num_timesteps: int) -> np.ndarray:
+    """Looks a schedule up by name and checks it is a valid, decreasing signal coefficient."""
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    alpha_bar = SCHEDULES.get(name)(num_timesteps)
+    assert alpha_bar.shape == (num_timesteps + 1,) and alpha_bar[0] == 1.0
+    assert np.all(np.diff(alpha_bar) < 0) and alpha_bar[-1] > 0
+    return alpha_bar
