@@ -55,11 +55,11 @@ class GaussianProcess:
     prediction: str = dataclasses.field(default="eps", metadata=dict(static=True))
 
     @classmethod
-    def from_schedule(cls, name: str = "blog", num_timesteps: int = 1000, *,
+    def from_schedule(cls, schedule: str = "blog", num_timesteps: int = 1000, *,
                       prediction: str = "eps", dtype=jnp.float32) -> "GaussianProcess":
         """Builds the process from a named schedule (see `udm.schedules.SCHEDULES`)."""
         PREDICTION_TARGETS.get(prediction)
-        alpha_bar = schedules.get_alpha_bar(name, num_timesteps)
+        alpha_bar = schedules.get_alpha_bar(schedule, num_timesteps)
         beta_bar = np.sqrt(1.0 - alpha_bar ** 2)
         return cls(jnp.asarray(alpha_bar, dtype), jnp.asarray(beta_bar, dtype), prediction)
 

@@ -1,0 +1,58 @@
+"""Every default of a udm image run, with what it means. Experiment files override a few."""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0                       # one seed: init, data order, training noise, sampling noise
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "digits"           # "digits" (scikit-learn, 8x8), "npz" (needs path), "tfds:<name>"
+    c.data.path = ""                 # .npz of uint8 `images` [N,H,W(,C)] (+ optional `labels`)
+    c.data.test_fraction = 1 / 6     # held out for evaluation (digits: 300 of 1797)
+
+    c.process = ml_collections.ConfigDict()
+    c.process.name = "gaussian"      # the forward corruption x_t = F_t(x_0, eps)
+    c.process.schedule = "blog"      # "blog": alpha_t = sqrt(1 - 0.02 t/T); "linear"; "cosine"
+    c.process.num_timesteps = 1000   # T
+    c.process.prediction = "eps"     # network output: "eps", "x0" or "v"
+
+    c.model = ml_collections.ConfigDict()   # udm.nn.UNet fields
+    c.model.channels = 16            # base width (16: ~177k parameters, fits the CPU demo)
+    c.model.channel_mults = (1, 2)   # one resolution level per entry
+    c.model.num_res_blocks = 1       # per level on the way down (+1 on the way up)
+    c.model.attention_resolutions = (4,)  # self-attention at these feature-map sizes (+ middle)
+    c.model.num_heads = 1
+    c.model.dropout = 0.0
+    c.model.num_groups = 8           # GroupNorm groups
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 2500
+    c.train.batch_size = 128         # global batch; must divide by the device count
+    c.train.learning_rate = 2e-3     # peak AdamW rate after warm-up
+    c.train.warmup_steps = 200
+    c.train.weight_decay = 0.0
+    c.train.grad_clip = 1.0          # global-norm clipping
+    c.train.ema_decay = 0.999        # EMA of parameters; the EMA weights are sampled
+    c.train.loss_weighting = "none"  # "none" (DDPM's simple loss) or "min_snr_5"
+    c.train.log_every = 50           # steps between metric logs (and host syncs)
+    c.train.checkpoint_every = 500   # steps between checkpoints (and always at the end)
+    c.train.keep_checkpoints = 3
+    c.train.progress_bar = True
+
+    c.sampler = ml_collections.ConfigDict()  # the sampler of samples.png
+    c.sampler.name = "ddim"          # "ddpm", "ddim" or "baseline"
+    c.sampler.num_steps = 50         # K network calls, in [1, T]
+    c.sampler.eta = 0.0              # DDIM noise scale (ddim only); 1 = DDPM's variance
+    c.sampler.spacing = "uniform"    # sub-sequence of {1..T}: "uniform" or "quadratic"
+    c.sampler.clip_x0 = True         # clip each x_0 estimate to the data range [-1, 1]
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.enabled = True
+    c.eval.samplers = ("ddpm", "ddim")       # one table row per sampler and step count
+    c.eval.step_counts = (10, 50, 250, 1000)
+    c.eval.num_samples = 300         # per row (capped at the held-out set size)
+    c.eval.batch_size = 304          # sampling batch; must divide by the device count
+    c.eval.classifier_steps = 1500   # training steps of the FD-digits classifier
+    c.eval.grid_size = 64            # images in each PNG grid
+    return c

@@ -1,0 +1,110 @@
+"""End to end: train_and_evaluate with the :smoke config on 8 fake devices, resume, bad input."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import ddpm_digits
+from udm import checkpoint as ckpt_lib
+from udm import train as train_lib
+
+
+def _smoke(**overrides):
+    config = ddpm_digits.get_config("smoke")
+    config.train.progress_bar = False
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def _listing(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, files in os.walk(root) for f in files)
+
+
+def test_smoke_train_and_evaluate_writes_everything(tmp_path):
+    assert jax.device_count() == 8
+    results = train_lib.train_and_evaluate(_smoke(), str(tmp_path))
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
+    assert ckpt.latest_step() == 4
+    for name in ["samples.png", "samples_ddpm_5.png", "samples_ddim_5.png", "real.png",
+                 "results.md", "results.json", "metrics.jsonl"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert os.listdir(tmp_path / "tensorboard")
+    logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [m["step"] for m in logged] == [2, 4] and all(np.isfinite(m["loss"]) for m in logged)
+    rows = results["rows"]
+    assert [r["samples"] for r in rows] == ["real digits", "ddpm", "ddim (eta=0)"]
+    assert all(np.isfinite(r["fd"]) and r["fd"] >= 0 for r in rows)
+    assert "| real digits |" in open(tmp_path / "results.md").read()
+
+
+def _params_after(config, workdir):
+    exp = train_lib.build(config)
+    shape = exp.dataset.train_images.shape[1:]
+    abstract = jax.eval_shape(
+        lambda k: train_lib.init_state(exp.model, exp.optimizer, shape, k), exp.init_key)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
+    return ckpt.restore(ckpt.latest_step(), abstract)
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    full = _smoke(**{"eval.enabled": False, "train.num_steps": 4, "train.checkpoint_every": 100})
+    train_lib.train(full, str(tmp_path / "one_run"))
+    half = _smoke(**{"eval.enabled": False, "train.num_steps": 2, "train.checkpoint_every": 100})
+    train_lib.train(half, str(tmp_path / "two_runs"))
+    train_lib.train(full, str(tmp_path / "two_runs"))   # restart, resume at step 2
+    a = _params_after(full, str(tmp_path / "one_run"))
+    b = _params_after(full, str(tmp_path / "two_runs"))
+    assert int(a.step) == int(b.step) == 4
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # and training moved the parameters
+    assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(a.params))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("process.schedule", "sigmoid", "unknown schedule 'sigmoid'; valid names: blog, cosine, linear"),
+    ("sampler.name", "euler", "unknown sampler 'euler'; valid names: baseline, ddim, ddpm"),
+    ("sampler.num_steps", 0, r"config.sampler.num_steps must be in \[1, T=1000\], got 0"),
+    ("sampler.num_steps", 1001, r"config.sampler.num_steps must be in \[1, T=1000\], got 1001"),
+    ("train.batch_size", 12, r"config.train.batch_size=12 must be divisible by the number of devices \(8\)"),
+    ("process.prediction", "score", "unknown prediction target 'score'"),
+    ("train.loss_weighting", "p2", "unknown loss weighting 'p2'"),
+])
+def test_bad_config_fails_before_writing(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        train_lib.train_and_evaluate(_smoke(**{field: value}), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_checkpoint_of_other_model_shape_is_refused(tmp_path):
+    train_lib.train(_smoke(**{"eval.enabled": False, "train.num_steps": 2}), str(tmp_path))
+    before = _listing(tmp_path)
+    wider = _smoke(**{"eval.enabled": False, "train.num_steps": 4, "model.channels": 16})
+    with pytest.raises(ckpt_lib.ShapeMismatchError, match="different parameter shapes"):
+        train_lib.train(wider, str(tmp_path))
+    assert _listing(tmp_path) == before
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    config = _smoke(**{"eval.enabled": False, "train.num_steps": 2})
+    train_lib.train(config, str(tmp_path))
+    real_load = train_lib.load_dataset
+
+    def poisoned(*args, **kwargs):
+        ds = real_load(*args, **kwargs)
+        ds.train_images[:] = np.nan
+        return ds
+
+    monkeypatch.setattr(train_lib, "load_dataset", poisoned)
+    config = _smoke(**{"eval.enabled": False, "train.num_steps": 6})
+    with pytest.raises(FloatingPointError, match=r"at step 3; training stopped.*step 2"):
+        train_lib.train(config, str(tmp_path))
+    assert ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]

@@ -1,0 +1,140 @@
+"""Sample with several samplers and step counts, score the samples, write a table and grids.
+
+Scores (udm.metrics): FD-digits (Fréchet distance in the penultimate features of a classifier
+trained by udm on the same data), the classifier's predicted-class entropy and class histogram,
+and nearest-training-image distances that flag memorisation. The same scores of real held-out
+images are the reference row.
+"""
+import json
+import math
+import os
+import time
+from typing import Any, Dict, List
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from udm import metrics, parallel
+from udm.samplers import make_sampler, network_predictor
+
+
+def generate(sample_fn, params, process, *, num_samples: int, batch_size: int, image_shape,
+             key, mesh) -> np.ndarray:
+    """Draws num_samples images in batches sharded over the mesh; x_T depends only on key."""
+    prior_key, noise_key = jax.random.split(key)
+    draw_prior = jax.jit(lambda k: process.prior(k, (batch_size, *image_shape)),
+                         out_shardings=parallel.batch_sharded(mesh))
+    chunks = []
+    for i in range(math.ceil(num_samples / batch_size)):
+        x_T = draw_prior(jax.random.fold_in(prior_key, i))
+        chunks.append(np.asarray(sample_fn(params, x_T, key=jax.random.fold_in(noise_key, i))))
+    return np.concatenate(chunks)[:num_samples]
+
+
+def score(samples: np.ndarray, classifier, reference_features, train_images: np.ndarray,
+          held_out: np.ndarray) -> Dict[str, Any]:
+    """All scores of one set of images against the held-out reference.
+
+    Without labels there is no classifier (classifier is None): only the pixel-space
+    memorisation scores are computed.
+    """
+    memo = metrics.memorisation_report(samples, train_images, held_out)
+    scores = dict(fd=None, class_entropy=None, histogram_entropy=None, max_class_fraction=None,
+                  nn_train_distance=memo["sample_nn_mean"],
+                  memorised_fraction=memo["memorised_fraction"])
+    if classifier is not None:
+        stats = metrics.class_statistics(classifier.probs(samples))
+        scores.update(
+            fd=float(metrics.frechet_distance(classifier.features(samples), reference_features)),
+            class_entropy=stats["mean_entropy_nats"],
+            histogram_entropy=stats["histogram_entropy_nats"],
+            max_class_fraction=stats["max_class_fraction"])
+    return scores
+
+
+_COLUMNS = [
+    ("samples", "{}"), ("steps", "{}"), ("fd", "{:.2f}"), ("class_entropy", "{:.3f}"),
+    ("histogram_entropy", "{:.3f}"), ("max_class_fraction", "{:.3f}"),
+    ("nn_train_distance", "{:.3f}"), ("memorised_fraction", "{:.3f}"), ("seconds", "{:.1f}"),
+]
+_HEADERS = ["samples", "steps K", "FD-digits ↓", "class entropy (nats) ↓",
+            "class-histogram entropy (nats, max ln 10 = 2.303)", "largest class fraction",
+            "mean NN distance to train", "memorised fraction", "sampling time (s)"]
+
+
+def markdown_table(rows: List[Dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(_HEADERS) + " |", "|" + "---|" * len(_HEADERS)]
+    for row in rows:
+        cells = [fmt.format(row[k]) if row.get(k) is not None else "–" for k, fmt in _COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh,
+             sample_key) -> Dict[str, Any]:
+    """Samples with every (sampler, K) of config.eval, scores them, writes results.md/json."""
+    ec = config.eval
+    held_out = dataset.test_images
+    classifier = reference = None
+    if dataset.num_classes is not None:
+        classifier = metrics.load_or_train_classifier(
+            os.path.join(workdir, "classifier"), dataset, seed=config.seed,
+            num_steps=ec.classifier_steps)
+        reference = classifier.features(held_out)
+    n = min(ec.num_samples, len(held_out))
+    # Reference row, what a perfect model would score with n samples: FD of n real training
+    # images against the held-out set; the other columns describe the held-out images themselves
+    # (their class statistics and their distance to the nearest training image).
+    rng = np.random.default_rng(config.seed)
+    real = dataset.train_images[rng.choice(len(dataset.train_images), n, replace=False)]
+    real_row = score(held_out, classifier, reference, dataset.train_images, held_out)
+    if classifier is not None:
+        real_row["fd"] = float(metrics.frechet_distance(classifier.features(real), reference))
+    rows = [dict(samples="real digits", steps=None, seconds=None, **real_row)]
+
+    predictor = network_predictor(process, eval_apply,
+                                  clip=1.0 if config.sampler.clip_x0 else None)
+    runs = [(name, k) for name in ec.samplers for k in ec.step_counts]
+    primary = (config.sampler.name, config.sampler.num_steps)
+    if primary not in runs:
+        runs.append(primary)
+    grid_n = min(ec.grid_size, n)
+    for name, k in tqdm(runs, desc="sample", unit="run", disable=not config.train.progress_bar):
+        eta = config.sampler.eta if name == "ddim" else 0.0
+        sample_fn = make_sampler(process, predictor, num_steps=k, name=name, eta=eta,
+                                 spacing=config.sampler.spacing)
+        start = time.perf_counter()
+        samples = generate(sample_fn, params, process, num_samples=n, batch_size=ec.batch_size,
+                           image_shape=held_out.shape[1:], key=sample_key, mesh=mesh)
+        seconds = time.perf_counter() - start
+        label = f"{name}" + (f" (eta={eta:g})" if name == "ddim" else "")
+        rows.append(dict(samples=label, steps=k, seconds=seconds,
+                         **score(samples, classifier, reference, dataset.train_images, held_out)))
+        metrics.save_image_grid(samples[:grid_n], os.path.join(workdir, f"samples_{name}_{k}.png"),
+                                title=f"{label}, K={k}")
+        if (name, k) == primary:
+            metrics.save_image_grid(samples[:grid_n], os.path.join(workdir, "samples.png"),
+                                    title=f"{label}, K={k}")
+    metrics.save_image_grid(real[:grid_n], os.path.join(workdir, "real.png"), title="real digits")
+
+    header = (f"Evaluation of {dataset.name} at training step {config.train.num_steps}: "
+              f"{n} samples per row against {len(held_out)} held-out images; "
+              + (f"classifier held-out accuracy {classifier.test_accuracy:.4f}. " if classifier
+                 else "no labels, so no classifier scores. ")
+              + f"Real row: FD of {n} training images vs the held-out set; other columns of "
+              f"the held-out images.")
+    table = header + "\n\n" + markdown_table(rows) + "\n"
+    results = dict(classifier_test_accuracy=classifier.test_accuracy if classifier else None,
+                   num_samples=n, rows=rows)
+    _atomic_write(os.path.join(workdir, "results.md"), table)
+    _atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
+    print(table)
+    return results
+
+
+def _atomic_write(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

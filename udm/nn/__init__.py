@@ -1,0 +1,13 @@
+"""Flax layers: time embeddings, (entropy-aware) attention and the DDPM U-Net."""
+from udm.nn.attention import ATTENTION_SCALES, SelfAttention, dot_product_attention
+from udm.nn.embeddings import timestep_embedding
+from udm.nn.unet import UNet, count_params
+
+__all__ = [
+    "ATTENTION_SCALES",
+    "SelfAttention",
+    "UNet",
+    "count_params",
+    "dot_product_attention",
+    "timestep_embedding",
+]

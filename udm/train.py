@@ -1,0 +1,292 @@
+"""train_and_evaluate: train a UDM x_0 predictor on images, checkpoint, sample, evaluate.
+
+The ConfigDict stops here: it is validated, then turned into typed objects (process, model,
+optimizer, sampler) that the pure functions below receive.
+"""
+import json
+import math
+import os
+import time
+from typing import Any, Dict, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from udm import checkpoint as ckpt_lib
+from udm import parallel
+from udm.data import batch_at_step, load_dataset
+from udm.losses import make_loss_fn
+from udm.nn import UNet, count_params
+from udm.processes import LOSS_WEIGHTINGS, PREDICTION_TARGETS, PROCESSES
+from udm.samplers import SAMPLERS, SPACINGS
+
+PyTree = Any
+
+
+class TrainState(NamedTuple):
+    """Everything a step changes. Randomness is derived from (seed, step), so no key is stored."""
+    step: jax.Array
+    params: PyTree
+    ema_params: PyTree
+    opt_state: PyTree
+
+
+# --- config checks: fail before anything compiles or is written ------------------------------
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the field for every bad value we can see without running."""
+    T = config.process.num_timesteps
+    _check(T >= 1, f"config.process.num_timesteps must be >= 1, got {T}")
+    PROCESSES.get(config.process.name)
+    from udm import schedules  # noqa: F401  (registry lookup below)
+    schedules.SCHEDULES.get(config.process.schedule)
+    PREDICTION_TARGETS.get(config.process.prediction)
+    LOSS_WEIGHTINGS.get(config.train.loss_weighting)
+    SAMPLERS.get(config.sampler.name)
+    SPACINGS.get(config.sampler.spacing)
+    for name in config.eval.samplers:
+        SAMPLERS.get(name)
+    _check(1 <= config.sampler.num_steps <= T,
+           f"config.sampler.num_steps must be in [1, T={T}], got {config.sampler.num_steps}")
+    for k in config.eval.step_counts:
+        _check(1 <= k <= T, f"config.eval.step_counts entries must be in [1, T={T}], got {k}")
+    _check(0.0 <= config.sampler.eta <= 1.0,
+           f"config.sampler.eta must be in [0, 1], got {config.sampler.eta}")
+    _check(config.train.num_steps >= 0,
+           f"config.train.num_steps must be >= 0, got {config.train.num_steps}")
+    _check(config.train.batch_size >= 1,
+           f"config.train.batch_size must be >= 1, got {config.train.batch_size}")
+    _check(config.train.learning_rate > 0,
+           f"config.train.learning_rate must be > 0, got {config.train.learning_rate}")
+    _check(0.0 <= config.train.ema_decay < 1.0,
+           f"config.train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
+    _check(config.train.log_every >= 1, f"config.train.log_every must be >= 1, got {config.train.log_every}")
+    _check(config.train.checkpoint_every >= 1,
+           f"config.train.checkpoint_every must be >= 1, got {config.train.checkpoint_every}")
+    mesh = parallel.data_mesh()
+    parallel.check_divisible(config.train.batch_size, mesh, "config.train.batch_size")
+    parallel.check_divisible(config.eval.batch_size, mesh, "config.eval.batch_size")
+
+
+# --- building blocks -------------------------------------------------------------------------
+
+def make_process(config):
+    kwargs = {k: v for k, v in config.process.items() if k != "name"}
+    return PROCESSES.get(config.process.name)(**kwargs)
+
+
+def make_model(config) -> UNet:
+    model_kwargs = dict(config.model)
+    for key in ("channel_mults", "attention_resolutions"):
+        model_kwargs[key] = tuple(model_kwargs[key])
+    return UNet(**model_kwargs)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+    """AdamW with linear warm-up to a constant rate and global-norm gradient clipping."""
+    schedule = optax.linear_schedule(0.0, train_config.learning_rate,
+                                     max(train_config.warmup_steps, 1))
+    return optax.chain(
+        optax.clip_by_global_norm(train_config.grad_clip),
+        optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=train_config.weight_decay))
+
+
+def init_state(model, optimizer, image_shape, key) -> TrainState:
+    dummy_x = jnp.zeros((1, *image_shape), jnp.float32)
+    params = model.init(key, dummy_x, jnp.ones((1,), jnp.int32))["params"]
+    # A copy, not an alias: the train step donates the state, and one buffer cannot go twice.
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params),
+                      opt_state=optimizer.init(params))
+
+
+def make_train_step(loss_fn, optimizer, *, ema_decay: float, train_key):
+    """One optimisation step; the step's key is fold_in(train_key, step)."""
+    def train_step(state: TrainState, x0):
+        key = jax.random.fold_in(train_key, state.step)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x0, key=key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # EMA warm-up: early on, average over the steps so far rather than keeping a 1 - decay
+        # share of the (zero-output) initial weights for thousands of steps.
+        step = state.step.astype(jnp.float32)
+        decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads), **aux)
+        return TrainState(state.step + 1, params, ema, opt_state), metrics
+
+    return train_step
+
+
+def make_apply_fns(model):
+    """(train_apply, eval_apply) with the signatures the loss and the sampler expect."""
+    def train_apply(params, xt, t, key):
+        return model.apply({"params": params}, xt, t, train=True, rngs={"dropout": key})
+
+    def eval_apply(params, xt, t):
+        return model.apply({"params": params}, xt, t)
+
+    return train_apply, eval_apply
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+class MetricWriter:
+    """JSON lines (always) plus TensorBoard event files (tensorboardX)."""
+
+    def __init__(self, workdir: str):
+        from tensorboardX import SummaryWriter
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: Dict[str, float]) -> None:
+        self._jsonl.write(json.dumps(dict(step=step, **metrics)) + "\n")
+        self._jsonl.flush()
+        for k, v in metrics.items():
+            self._tb.add_scalar(k, v, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._tb.close()
+
+
+# --- the entry points ------------------------------------------------------------------------
+
+class Experiment(NamedTuple):
+    """The typed objects a config describes."""
+    dataset: Any
+    process: Any
+    model: UNet
+    optimizer: optax.GradientTransformation
+    mesh: Any
+    init_key: jax.Array
+    train_key: jax.Array
+    sample_key: jax.Array
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    """Validates the config and turns it into typed objects (nothing is written)."""
+    validate_config(config)
+    dataset = load_dataset(config.data.name, seed=config.seed,
+                           test_fraction=config.data.test_fraction,
+                           path=config.data.path or None)
+    # The "rbg" generator: on XLA:CPU threefry keys make compiling the model init and the
+    # train step several times slower, for no statistical benefit here.
+    root = jax.random.key(config.seed, impl="rbg")
+    init_key, train_key, sample_key = jax.random.split(root, 3)
+    return Experiment(dataset, make_process(config), make_model(config),
+                      make_optimizer(config.train), parallel.data_mesh(),
+                      init_key, train_key, sample_key)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir.
+
+    Writes workdir/checkpoints/, metrics.jsonl and tensorboard/. Bad configs and a checkpoint
+    of another model shape are refused before anything is written. A non-finite loss stops
+    training with FloatingPointError; the last good checkpoint stays.
+    """
+    exp = build(config)
+    mesh, dataset = exp.mesh, exp.dataset
+    image_shape = dataset.train_images.shape[1:]
+
+    def init(key):
+        return init_state(exp.model, exp.optimizer, image_shape, key)
+
+    # Shapes and shardings of the state, without computing it yet.
+    abstract = jax.eval_shape(init, exp.init_key)
+    state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                         max_to_keep=config.train.keep_checkpoints)
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        checkpointer.check_compatible(latest, abstract.params)  # before anything is written
+
+    os.makedirs(workdir, exist_ok=True)
+    if latest is None:
+        state = jax.jit(init, out_shardings=state_sharding)(exp.init_key)
+        print(f"udm: new run in {workdir}; model has {count_params(state.params):,} parameters")
+    else:
+        restore_target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+        state = checkpointer.restore(latest, restore_target)
+        print(f"udm: resumed from step {latest} in {workdir}")
+
+    train_apply, _ = make_apply_fns(exp.model)
+    loss_fn = make_loss_fn(exp.process, train_apply, weighting=config.train.loss_weighting)
+    train_step = jax.jit(
+        make_train_step(loss_fn, exp.optimizer, ema_decay=config.train.ema_decay,
+                        train_key=exp.train_key),
+        in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
+        out_shardings=(state_sharding, parallel.replicated(mesh)),
+        donate_argnums=0)
+
+    start = int(state.step)
+    num_steps = config.train.num_steps
+    writer = MetricWriter(workdir)
+    record = dict(config=config.to_dict(), dataset=dataset.name)
+    pending = []
+    try:
+        bar = tqdm(range(start, num_steps), initial=start, total=num_steps, desc="train",
+                   unit="step", disable=not config.train.progress_bar)
+        t_last = time.perf_counter()
+        for step in bar:
+            idx = batch_at_step(len(dataset.train_images), config.train.batch_size, step,
+                                seed=config.seed)
+            batch = parallel.shard_batch(dataset.train_images[idx], mesh)
+            state, metrics = train_step(state, batch)
+            pending.append(metrics)
+            done = step + 1
+            save_now = done % config.train.checkpoint_every == 0 or done == num_steps
+            if done % config.train.log_every == 0 or save_now:
+                # Blocking here every few steps also keeps fake-device all-reduces in step.
+                host = jax.device_get(pending)
+                pending = []
+                losses = np.array([m["loss"] for m in host])
+                if not np.all(np.isfinite(losses)):
+                    bad = done - len(losses) + int(np.argmin(np.isfinite(losses)))
+                    raise FloatingPointError(
+                        f"loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}; "
+                        f"training stopped. The last good checkpoint "
+                        f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept.")
+                now = time.perf_counter()
+                summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+                summary["images_per_second"] = len(host) * config.train.batch_size / (now - t_last)
+                t_last = now
+                writer.write(done, summary)
+                bar.set_postfix(loss=f"{summary['loss']:.4f}")
+                if save_now:
+                    checkpointer.save(done, state, record)
+        bar.close()
+    finally:
+        writer.close()
+        checkpointer.close()
+    return state
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+    """Trains (resuming from the latest checkpoint in workdir), then samples and evaluates.
+
+    Writes into workdir: checkpoints/, metrics.jsonl, tensorboard/, samples*.png, real.png,
+    results.md and results.json. Returns the evaluation results (see udm.evaluate).
+    """
+    from udm import evaluate as eval_lib
+
+    state = train(config, workdir)
+    if not config.eval.enabled:
+        return {}
+    exp = build(config)
+    _, eval_apply = make_apply_fns(exp.model)
+    return eval_lib.evaluate(config, workdir, process=exp.process, eval_apply=eval_apply,
+                             params=state.ema_params, dataset=exp.dataset, mesh=exp.mesh,
+                             sample_key=exp.sample_key)
