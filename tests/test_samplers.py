@@ -166,3 +166,20 @@ def test_slerp_keeps_standard_normal():
         assert abs(float(slerp(z1, z2, lam).var()) - 1) < 5 * np.sqrt(2 / 200_000)
         # linear interpolation shrinks the variance: the reason to use slerp
         assert float(((1 - lam) * z1 + lam * z2).var()) < 0.7
+
+
+@pytest.mark.parametrize("name,num_steps", [("ddim", 1), ("ddim", 3), ("ddpm", 5), ("baseline", 4)])
+def test_exact_posterior_sampling_is_exact_for_any_step_count(name, num_steps):
+    # With x0_hat ~ p(x_0|x_t) exactly (sigma_bar_t^2 = Var[x_0|x_t], spec 01 B1.2) the step
+    # p(x_s|x_t) = E[p(x_s|x_t,x_0)] is exact (A2), so even K = 1 returns N(M, S^2).
+    p = GaussianProcess.from_schedule("blog", 1000)
+    a, b = np.asarray(p.alpha_bar, np.float64), np.asarray(p.beta_bar, np.float64)
+    sigma_bar = jnp.asarray(np.sqrt(S ** 2 * b ** 2 / (a ** 2 * S ** 2 + b ** 2)), jnp.float32)
+    sample = make_sampler(p, oracles.gaussian_posterior_mean(p, M, S), num_steps=num_steps,
+                          name=name, sigma_bar=sigma_bar)
+    n = 100_000
+    var_T = a[-1] ** 2 * S ** 2 + b[-1] ** 2
+    x_T = a[-1] * M + np.sqrt(var_T) * jax.random.normal(jax.random.PRNGKey(0), (n, 1))
+    x0 = np.asarray(sample(None, x_T, key=jax.random.PRNGKey(1)), np.float64)
+    assert abs(x0.mean() - M) < 5 * S / np.sqrt(n)
+    assert abs(x0.var() - S ** 2) < 5 * S ** 2 * np.sqrt(2 / n)

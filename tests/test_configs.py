@@ -1,0 +1,64 @@
+"""Configs: every default validates, the CIFAR-10 config has the DDPM paper's model size, and the
+command-line entry point runs the smoke variant end to end."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base, ddpm_cifar10, ddpm_digits
+from udm import train as train_lib
+from udm.nn import count_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("module,variant", [(ddpm_digits, ""), (ddpm_digits, "smoke"),
+                                            (ddpm_cifar10, "smoke")])
+def test_configs_validate(module, variant):
+    config = module.get_config(variant)
+    config.data.name = "digits"      # validation does not need the dataset itself
+    train_lib.validate_config(config)
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="valid: smoke"):
+        ddpm_digits.get_config("tiny")
+
+
+def test_cifar10_config_is_the_ddpm_paper_model():
+    config = ddpm_cifar10.get_config()
+    model = train_lib.make_model(config)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    variables = jax.eval_shape(model.init, jax.random.key(0, impl="rbg"), x, t)
+    assert abs(count_params(variables["params"]) - 35.7e6) / 35.7e6 < 0.01
+    assert jax.eval_shape(model.apply, variables, x, t).shape == (1, 32, 32, 3)
+
+
+def test_cifar10_smoke_on_user_npz(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny_cifar.npz"
+    np.savez(path, images=rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8),
+             labels=np.repeat(np.arange(10), 10)[:96])
+    config = ddpm_cifar10.get_config("smoke")
+    config.data.name, config.data.path = "npz", str(path)
+    config.train.progress_bar = False
+    config.eval.samplers = ("ddim",)
+    results = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
+    assert (tmp_path / "run" / "samples.png").exists()
+    assert results["rows"][-1]["samples"].startswith("ddim")
+
+
+def test_command_line_smoke_run(tmp_path):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    cmd = [sys.executable, "-m", "experiments.main", "--config=configs/ddpm_digits.py:smoke",
+           f"--workdir={tmp_path}", "--config.train.num_steps=2", "--config.sampler.num_steps=3",
+           "--config.eval.step_counts=(3,)", "--config.train.progress_bar=False"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| ddim (eta=0) | 3 |" in done.stdout
+    assert (tmp_path / "samples.png").exists() and (tmp_path / "checkpoints" / "2").exists()
