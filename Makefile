@@ -18,7 +18,7 @@ demo: venv
 	$(PY) -m experiments.main --config=configs/ddpm_digits.py --workdir=$(WORKDIR)
 
 test: venv
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 bench: venv
 	$(PY) -m experiments.bench_sampler

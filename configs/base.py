@@ -23,6 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_res_blocks = 1       # per level on the way down (+1 on the way up)
     c.model.attention_resolutions = (4,)  # self-attention at these feature-map sizes (+ middle)
     c.model.num_heads = 1
+    # Logit scale of self-attention: "standard" 1/sqrt(d), "entropy_invariant" log_512(n)/sqrt(d),
+    # "power" (log n / log 512)^0.5 / sqrt(d), "ssmax", "entropy_normalized" (spec 05).
+    c.model.attention_scale = "standard"
     c.model.dropout = 0.0
     c.model.num_groups = 8           # GroupNorm groups
 

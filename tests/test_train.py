@@ -77,6 +77,7 @@ def test_resume_is_bitwise_exact(tmp_path):
     ("train.batch_size", 12, r"config.train.batch_size=12 must be divisible by the number of devices \(8\)"),
     ("process.prediction", "score", "unknown prediction target 'score'"),
     ("train.loss_weighting", "p2", "unknown loss weighting 'p2'"),
+    ("model.attention_scale", "nope", "unknown attention scale 'nope'; valid names: entropy_invariant"),
 ])
 def test_bad_config_fails_before_writing(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -20,7 +20,7 @@ from udm import checkpoint as ckpt_lib
 from udm import parallel
 from udm.data import batch_at_step, load_dataset
 from udm.losses import make_loss_fn
-from udm.nn import UNet, count_params
+from udm.nn import ATTENTION_SCALES, UNet, count_params
 from udm.processes import LOSS_WEIGHTINGS, PREDICTION_TARGETS, PROCESSES
 from udm.samplers import SAMPLERS, SPACINGS
 
@@ -53,6 +53,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     LOSS_WEIGHTINGS.get(config.train.loss_weighting)
     SAMPLERS.get(config.sampler.name)
     SPACINGS.get(config.sampler.spacing)
+    ATTENTION_SCALES.get(config.model.attention_scale)
     for name in config.eval.samplers:
         SAMPLERS.get(name)
     _check(1 <= config.sampler.num_steps <= T,
