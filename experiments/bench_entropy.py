@@ -22,6 +22,7 @@ import numpy as np
 import scipy.optimize
 import scipy.special
 
+from experiments.timing import median_time
 from udm.entropy import entropy_normalize
 
 
@@ -36,15 +37,6 @@ def _brentq_exponent(logits: np.ndarray, target: float) -> float:
     log_p = logits - scipy.special.logsumexp(logits)
     return scipy.optimize.brentq(lambda g: _entropy_of_power(log_p, g) - target, 1e-4, 1e4,
                                  xtol=1e-12, rtol=1e-12)
-
-
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main():
@@ -73,7 +65,7 @@ def main():
     start = time.perf_counter()
     result = jax.block_until_ready(normalize(targets, logits))
     first = time.perf_counter() - start
-    newton_s = _median_time(lambda: normalize(targets, logits), args.repeats)
+    newton_s = median_time(lambda: normalize(targets, logits), args.repeats)
     iterations = np.asarray(result.iterations)
     check = min(args.check_rows, args.rows)
     probs = np.asarray(result.probs[:check], np.float64)

@@ -15,6 +15,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from experiments.timing import median_time
 from udm import parallel
 from udm.data import batch_at_step, load_dataset
 from udm.losses import make_loss_fn
@@ -26,15 +27,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/ddpm_digits.py", "M
 _BATCH = flags.DEFINE_integer("batch", 64, "Sampling batch size.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (the median is reported).")
 _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 30, "Timed training steps.")
-
-
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def main(argv):
@@ -59,10 +51,10 @@ def main(argv):
     # 1. Overhead of the scan sampler over K bare network calls.
     forward = jax.jit(lambda p, x: predictor(p, x, 500))
     jax.block_until_ready(forward(params, x))
-    t_forward = _median_time(lambda: forward(params, x), 10 * _REPEATS.value)
+    t_forward = median_time(lambda: forward(params, x), 10 * _REPEATS.value)
     sampler = make_sampler(process, predictor, num_steps=100, name="ddim")
     jax.block_until_ready(sampler(params, x, key=key))
-    t_sampler = _median_time(lambda: sampler(params, x, key=key), _REPEATS.value)
+    t_sampler = median_time(lambda: sampler(params, x, key=key), _REPEATS.value)
     overhead = t_sampler / (100 * t_forward)
     print(f"one forward {t_forward * 1e3:.2f} ms; K=100 DDIM sampler {t_sampler * 1e3:.1f} ms; "
           f"overhead ratio {overhead:.3f} (target <= 1.10)")
