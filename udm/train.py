@@ -4,10 +4,9 @@ The ConfigDict stops here: it is validated, then turned into typed objects (proc
 optimizer, sampler) that the pure functions below receive.
 """
 import json
-import math
 import os
 import time
-from typing import Any, Dict, NamedTuple
+from typing import Any, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -190,14 +189,15 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       init_key, train_key, sample_key)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          experiment: Optional[Experiment] = None) -> TrainState:
     """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir.
 
     Writes workdir/checkpoints/, metrics.jsonl and tensorboard/. Bad configs and a checkpoint
     of another model shape are refused before anything is written. A non-finite loss stops
     training with FloatingPointError; the last good checkpoint stays.
     """
-    exp = build(config)
+    exp = build(config) if experiment is None else experiment
     mesh, dataset = exp.mesh, exp.dataset
     image_shape = dataset.train_images.shape[1:]
 
@@ -283,10 +283,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     """
     from udm import evaluate as eval_lib
 
-    state = train(config, workdir)
+    exp = build(config)
+    state = train(config, workdir, experiment=exp)
     if not config.eval.enabled:
         return {}
-    exp = build(config)
     _, eval_apply = make_apply_fns(exp.model)
     return eval_lib.evaluate(config, workdir, process=exp.process, eval_apply=eval_apply,
                              params=state.ema_params, dataset=exp.dataset, mesh=exp.mesh,
