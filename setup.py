@@ -6,7 +6,7 @@ setup(
     version="0.1.0",
     description="Train, sample and evaluate diffusion models of every kind through one abstraction.",
     packages=find_packages(include=["udm", "udm.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     install_requires=[
         "jax>=0.7,<0.11",
         "flax>=0.11,<0.13",
