@@ -19,16 +19,17 @@ from udm import metrics, parallel
 from udm.samplers import make_sampler, network_predictor
 
 
-def generate(sample_fn, params, process, *, num_samples: int, batch_size: int, image_shape,
-             key, mesh) -> np.ndarray:
-    """Draws num_samples images in batches sharded over the mesh; x_T depends only on key."""
-    prior_key, noise_key = jax.random.split(key)
-    draw_prior = jax.jit(lambda k: process.prior(k, (batch_size, *image_shape)),
-                         out_shardings=parallel.batch_sharded(mesh))
-    chunks = []
-    for i in range(math.ceil(num_samples / batch_size)):
-        x_T = draw_prior(jax.random.fold_in(prior_key, i))
-        chunks.append(np.asarray(sample_fn(params, x_T, key=jax.random.fold_in(noise_key, i))))
+def draw_priors(process, *, num_samples: int, batch_size: int, image_shape, key, mesh) -> list:
+    """The x_T batches, sharded over the mesh; drawn once and shared by every sampler row."""
+    draw = jax.jit(lambda k: process.prior(k, (batch_size, *image_shape)),
+                   out_shardings=parallel.batch_sharded(mesh))
+    return [draw(jax.random.fold_in(key, i)) for i in range(math.ceil(num_samples / batch_size))]
+
+
+def generate(sample_fn, params, priors: list, *, num_samples: int, key) -> np.ndarray:
+    """Runs the sampler on each x_T batch (noise keys fold_in(key, batch)); returns [num_samples, ...]."""
+    chunks = [np.asarray(sample_fn(params, x_T, key=jax.random.fold_in(key, i)))
+              for i, x_T in enumerate(priors)]
     return np.concatenate(chunks)[:num_samples]
 
 
@@ -100,13 +101,16 @@ def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh
     if primary not in runs:
         runs.append(primary)
     grid_n = min(ec.grid_size, n)
+    # Same x_T for every row, same split of sample_key as before this was hoisted.
+    prior_key, noise_key = jax.random.split(sample_key)
+    priors = draw_priors(process, num_samples=n, batch_size=ec.batch_size,
+                         image_shape=held_out.shape[1:], key=prior_key, mesh=mesh)
     for name, k in tqdm(runs, desc="sample", unit="run", disable=not config.train.progress_bar):
         eta = config.sampler.eta if name == "ddim" else 0.0
         sample_fn = make_sampler(process, predictor, num_steps=k, name=name, eta=eta,
                                  spacing=config.sampler.spacing)
         start = time.perf_counter()
-        samples = generate(sample_fn, params, process, num_samples=n, batch_size=ec.batch_size,
-                           image_shape=held_out.shape[1:], key=sample_key, mesh=mesh)
+        samples = generate(sample_fn, params, priors, num_samples=n, key=noise_key)
         seconds = time.perf_counter() - start
         label = f"{name}" + (f" (eta={eta:g})" if name == "ddim" else "")
         rows.append(dict(samples=label, steps=k, seconds=seconds,
