@@ -13,6 +13,7 @@ setup(
         "optax>=0.2.4,<0.3",
         "orbax-checkpoint>=0.11,<0.13",
         "chex>=0.1.89,<0.2",
+        "diffrax>=0.7,<0.8",
         "ml-collections>=1.0,<2",
         "absl-py>=2.1,<3",
         "numpy>=1.26,<3",

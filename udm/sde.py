@@ -1,0 +1,259 @@
+"""Continuous-time Gaussian diffusions as linear SDEs dx = f_t x dt + g_t dw, t in [0, 1] (spec 03).
+
+Every SDE here is described by its marginals p(x_t | x_0) = N(alpha_bar(t) x_0, beta_bar(t)^2 I)
+(blog notation: alpha_bar is the signal coefficient, beta_bar the noise std). The drift and the
+diffusion follow from them by (S6),
+
+    f_t = d/dt ln alpha_bar(t),    g_t^2 = 2 beta_bar(t)^2 d/dt ln(beta_bar(t) / alpha_bar(t)),
+
+computed by forward-mode autodiff, so a new SDE only has to give its two marginal functions; the
+tests check the result against the Score SDE paper's closed forms (VP: g^2 = beta(t); sub-VP:
+g^2 = beta(t)(1 - e^{-2 int beta}); VE: g^2 = d sigma^2/dt).
+
+The SDEs are frozen dataclasses of Python floats: hashable, closed over by jitted functions as
+constants. Their methods are pure and take a time `t` (a scalar, or an array broadcast against the
+values it multiplies; write single-example maths and vmap).
+
+The network's output is converted to a score by `score_from_output` (eps: -eps / beta_bar;
+x0: -(x - alpha_bar x0) / beta_bar^2; score: as is), so every sampler takes any predictor.
+"""
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from udm.registry import Registry
+
+Array = Any
+# `fn(params, x [B, ...], t scalar float) -> [B, ...]`: a score, eps or x0 predictor.
+PredictorFn = Callable[[Any, Array, Array], Array]
+
+OUTPUT_KINDS = ("eps", "x0", "score")
+
+
+class SDE:
+    """Base class: subclasses define `log_alpha_bar(t)` and `beta_bar(t)` (and the fields below).
+
+    Attributes (every subclass):
+      t_min: smallest time used in training, sampling and likelihoods (the marginal at 0 is a
+        point mass, so samplers stop at t_min and likelihoods start there).
+      time_input_scale: the network sees `time_input_scale * t` (999 puts t in the range of the
+        discrete step numbers the UNet's sinusoidal embedding was designed for).
+    """
+
+    t_min: float
+    time_input_scale: float
+
+    # --- the two functions that define the SDE ------------------------------------------------
+
+    def log_alpha_bar(self, t: Array) -> Array:
+        raise NotImplementedError
+
+    def beta_bar(self, t: Array) -> Array:
+        raise NotImplementedError
+
+    # --- everything else follows ----------------------------------------------------------------
+
+    def alpha_bar(self, t: Array) -> Array:
+        """Signal coefficient of p(x_t | x_0)."""
+        return jnp.exp(self.log_alpha_bar(t))
+
+    def marginal(self, t: Array):
+        """(alpha_bar(t), beta_bar(t)): p(x_t | x_0) = N(alpha_bar x_0, beta_bar^2 I)."""
+        return self.alpha_bar(t), self.beta_bar(t)
+
+    def f(self, t: Array) -> Array:
+        """Drift coefficient f_t = d/dt ln alpha_bar (S6); the drift is f_t x."""
+        t = jnp.asarray(t, jnp.float32)
+        return jax.jvp(self.log_alpha_bar, (t,), (jnp.ones_like(t),))[1]
+
+    def g2(self, t: Array) -> Array:
+        """Squared diffusion g_t^2 = 2 beta_bar^2 d/dt ln(beta_bar / alpha_bar) (S6)."""
+        t = jnp.asarray(t, jnp.float32)
+        log_ratio = lambda u: jnp.log(self.beta_bar(u)) - self.log_alpha_bar(u)
+        return 2.0 * self.beta_bar(t) ** 2 * jax.jvp(log_ratio, (t,), (jnp.ones_like(t),))[1]
+
+    def drift(self, x: Array, t: Array) -> Array:
+        """f_t x, the forward drift (S1)."""
+        return self.f(t) * x
+
+    def forward(self, t: Array, x0: Array, eps: Array) -> Array:
+        """x_t = alpha_bar(t) x_0 + beta_bar(t) eps (one example, or a batch at one time)."""
+        alpha_bar, beta_bar = self.marginal(t)
+        return alpha_bar * x0 + beta_bar * eps
+
+    def transition(self, t: Array, s: Array):
+        """(a, v): p(x_t | x_s) = N(a x_s, v I) for s < t, with a = alpha_bar_t / alpha_bar_s and
+        v = beta_bar_t^2 - a^2 beta_bar_s^2 (exact for a linear SDE)."""
+        a = jnp.exp(self.log_alpha_bar(t) - self.log_alpha_bar(s))
+        return a, self.beta_bar(t) ** 2 - (a * self.beta_bar(s)) ** 2
+
+    # --- the prior p_1 ------------------------------------------------------------------------
+
+    @property
+    def prior_std(self) -> float:
+        """Std of the prior N(0, prior_std^2 I) that stands in for p_1 (beta_bar(1))."""
+        return float(self.beta_bar(jnp.float32(1.0)))
+
+    def prior_sample(self, key, shape, dtype=jnp.float32) -> Array:
+        """x_1 ~ N(0, prior_std^2 I)."""
+        return self.prior_std * jax.random.normal(key, shape, dtype)
+
+    def prior_logp(self, z: Array) -> Array:
+        """log N(z; 0, prior_std^2 I) of one example z (any shape), summed over its entries."""
+        n = z.size
+        var = self.prior_std ** 2
+        return -0.5 * n * math.log(2 * math.pi * var) - 0.5 * jnp.sum(z ** 2) / var
+
+    # --- converting a predictor to a score ------------------------------------------------------
+
+    def score_from_output(self, kind: str, x: Array, t: Array, output: Array) -> Array:
+        """The score implied by a predictor output of the given kind at (x, t)."""
+        if kind == "score":
+            return output
+        alpha_bar, beta_bar = self.marginal(t)
+        if kind == "eps":
+            return -output / beta_bar
+        if kind == "x0":
+            return -(x - alpha_bar * output) / beta_bar ** 2
+        raise ValueError(f"unknown predictor kind {kind!r}; valid: {', '.join(OUTPUT_KINDS)}")
+
+    def x0_from_score(self, x: Array, t: Array, score: Array) -> Array:
+        """Tweedie: E[x_0 | x_t] = (x + beta_bar^2 score) / alpha_bar."""
+        alpha_bar, beta_bar = self.marginal(t)
+        return (x + beta_bar ** 2 * score) / alpha_bar
+
+
+def as_score_fn(sde: SDE, fn: PredictorFn, kind: str = "score") -> PredictorFn:
+    """Wraps a score / eps / x0 predictor `fn(params, x, t)` as a score function of the same signature."""
+    if kind not in OUTPUT_KINDS:
+        raise ValueError(f"unknown predictor kind {kind!r}; valid: {', '.join(OUTPUT_KINDS)}")
+    if kind == "score":
+        return fn
+    return lambda params, x, t: sde.score_from_output(kind, x, t, fn(params, x, t))
+
+
+def network_score_fn(sde: SDE, apply_fn: Callable, kind: str = "eps") -> PredictorFn:
+    """A network `apply_fn(params, x [B, ...], t_input [B]) -> output` as a score function.
+
+    The network sees `sde.time_input_scale * t` for every example.
+    """
+    def fn(params, x, t):
+        t_input = jnp.full((x.shape[0],), sde.time_input_scale * t, jnp.float32)
+        return apply_fn(params, x, t_input)
+
+    return as_score_fn(sde, fn, kind)
+
+
+# --- the SDEs ----------------------------------------------------------------------------------
+
+def _neg_expm1_sqrt(x):
+    """sqrt(1 - e^{-x}), accurate for small x."""
+    return jnp.sqrt(-jnp.expm1(-x))
+
+
+@dataclasses.dataclass(frozen=True)
+class VPSDE(SDE):
+    """Variance preserving: dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw, beta(t) = beta_min + t (beta_max - beta_min).
+
+    alpha_bar(t) = exp(-1/2 B(t)), B(t) = int_0^t beta = beta_min t + (beta_max - beta_min) t^2 / 2;
+    beta_bar^2 = 1 - alpha_bar^2. Defaults: the Score SDE paper's CIFAR-10 values.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-3
+    time_input_scale: float = 999.0
+
+    def integrated_beta(self, t):
+        t = jnp.asarray(t, jnp.float32)
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t ** 2
+
+    def log_alpha_bar(self, t):
+        return -0.5 * self.integrated_beta(t)
+
+    def beta_bar(self, t):
+        return _neg_expm1_sqrt(self.integrated_beta(t))
+
+
+@dataclasses.dataclass(frozen=True)
+class SubVPSDE(VPSDE):
+    """sub-VP: the VP drift with g^2 = beta(t)(1 - e^{-2 B(t)}); beta_bar = 1 - alpha_bar^2 <= VP's."""
+
+    def beta_bar(self, t):
+        return -jnp.expm1(-self.integrated_beta(t))
+
+
+@dataclasses.dataclass(frozen=True)
+class VESDE(SDE):
+    """Variance exploding: dx = sqrt(d sigma^2/dt) dw, sigma(t) = sigma_min (sigma_max / sigma_min)^t.
+
+    alpha_bar = 1, beta_bar = sigma(t) (the Score SDE paper's marginal, which ignores the tiny
+    sigma_min at t = 0). Defaults: the paper's CIFAR-10 values.
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    t_min: float = 1e-5
+    time_input_scale: float = 999.0
+
+    def log_alpha_bar(self, t):
+        return jnp.zeros_like(jnp.asarray(t, jnp.float32))
+
+    def beta_bar(self, t):
+        t = jnp.asarray(t, jnp.float32)
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+
+@dataclasses.dataclass(frozen=True)
+class BlogSDE(SDE):
+    """The posts' schedule alpha_k = sqrt(1 - rate k / T), k = 1..T, in continuous time t = k / T.
+
+    ln alpha_bar(t) = 1/2 sum_k ln(1 - rate k / T) -> (T / 2) int_0^t ln(1 - rate u) du
+                    = -(T / (2 rate)) [(1 - rate t) ln(1 - rate t) + rate t],
+    beta_bar^2 = 1 - alpha_bar^2, so it is a VP SDE with beta(t) = -T ln(1 - rate t) ~ 20 t
+    (alpha_bar(1) = 0.0065; the discrete chain's alpha_bar_T is 0.00648).
+    """
+
+    num_timesteps: int = 1000
+    rate: float = 0.02
+    t_min: float = 1e-3
+    time_input_scale: float = 999.0
+
+    def log_alpha_bar(self, t):
+        t = jnp.asarray(t, jnp.float32)
+        u = self.rate * t
+        # (1 - u) ln(1 - u) + u = sum_{k>=2} u^k / (k (k - 1)): the closed form cancels
+        # catastrophically for small u in float32, so the series is used below u = 0.05.
+        series = sum(u ** k / (k * (k - 1)) for k in range(2, 9))
+        closed = (1 - u) * jnp.log1p(-u) + u
+        return -(self.num_timesteps / (2 * self.rate)) * jnp.where(u < 0.05, series, closed)
+
+    def beta_bar(self, t):
+        return _neg_expm1_sqrt(-2.0 * self.log_alpha_bar(t))
+
+
+SDES = Registry("SDE")
+SDES.register("vp")(VPSDE)
+SDES.register("subvp")(SubVPSDE)
+SDES.register("ve")(VESDE)
+SDES.register("blog")(BlogSDE)
+
+
+def get_sde(name: str, **kwargs) -> SDE:
+    """An SDE by registry name ("vp", "subvp", "ve", "blog") with its hyperparameters as keywords."""
+    return SDES.get(name)(**kwargs)
+
+
+def time_grid(sde: SDE, num_steps: int, *, t_end: float = None) -> Array:
+    """K + 1 decreasing times from 1 to t_end (default sde.t_min), uniformly spaced.
+
+    Returns:
+      float32 [K + 1]; step i goes from grid[i] to grid[i + 1].
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    t_end = sde.t_min if t_end is None else t_end
+    return jnp.linspace(1.0, t_end, num_steps + 1, dtype=jnp.float32)
