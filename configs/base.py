@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.process.schedule = "blog"      # "blog": alpha_t = sqrt(1 - 0.02 t/T); "linear"; "cosine"
     c.process.num_timesteps = 1000   # T
     c.process.prediction = "eps"     # network output: "eps", "x0" or "v"
+    # Continuous time instead (configs/sde_digits.py): c.process = {name: "sde", sde: "vp" |
+    # "subvp" | "ve" | "blog", + that SDE's hyperparameters}; the network then predicts eps.
 
     c.model = ml_collections.ConfigDict()   # udm.nn.UNet fields
     c.model.channels = 16            # base width (16: ~177k parameters, fits the CPU demo)
@@ -37,7 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.weight_decay = 0.0
     c.train.grad_clip = 1.0          # global-norm clipping
     c.train.ema_decay = 0.999        # EMA of parameters; the EMA weights are sampled
-    c.train.loss_weighting = "none"  # "none" (DDPM's simple loss) or "min_snr_5"
+    c.train.loss_weighting = "none"  # "none" (DDPM's simple loss) or "min_snr_5";
+                                     # SDEs: "none" or "likelihood" (lambda(t) = g_t^2)
+    c.train.time_sampling = "uniform"  # SDEs: t ~ U(t_min, 1), or "importance" (p(t) ~ g^2/beta_bar^2)
     c.train.log_every = 50           # steps between metric logs (and host syncs)
     c.train.checkpoint_every = 500   # steps between checkpoints (and always at the end)
     c.train.keep_checkpoints = 3
@@ -49,6 +53,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler.eta = 0.0              # DDIM noise scale (ddim only); 1 = DDPM's variance
     c.sampler.spacing = "uniform"    # sub-sequence of {1..T}: "uniform" or "quadratic"
     c.sampler.clip_x0 = True         # clip each x_0 estimate to the data range [-1, 1]
+    # Continuous-time samplers (udm.sde_samplers): "em", "pc", "ode_euler", "ode_heun",
+    # "ode_ddim", "ode_adaptive"; their hyperparameters:
+    c.sampler.noise_scale = 1.0      # em: sigma_t = noise_scale g_t (0: probability-flow Euler)
+    c.sampler.snr = 0.16             # pc: Langevin corrector signal-to-noise ratio
+    c.sampler.corrector_steps = 1    # pc
+    c.sampler.solver = "tsit5"       # ode_adaptive: "tsit5" or "dopri5"
+    c.sampler.rtol = 1e-5            # ode_adaptive tolerances
+    c.sampler.atol = 1e-5
+    c.sampler.max_steps = 4096       # ode_adaptive step limit (a solve that hits it fails loudly)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.enabled = True

@@ -9,15 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base, ddpm_cifar10, ddpm_digits
+from configs import base, ddpm_cifar10, ddpm_digits, sde_digits
 from udm import train as train_lib
 from udm.nn import count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("module,variant", [(ddpm_digits, ""), (ddpm_digits, "smoke"),
-                                            (ddpm_cifar10, "smoke")])
+@pytest.mark.parametrize("module,variant", [
+    (ddpm_digits, ""), (ddpm_digits, "smoke"), (ddpm_cifar10, "smoke"), (sde_digits, ""),
+    (sde_digits, "subvp"), (sde_digits, "ve,smoke"), (sde_digits, "blog")])
 def test_configs_validate(module, variant):
     config = module.get_config(variant)
     config.data.name = "digits"      # validation does not need the dataset itself
@@ -27,6 +28,28 @@ def test_configs_validate(module, variant):
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="valid: smoke"):
         ddpm_digits.get_config("tiny")
+    with pytest.raises(ValueError, match="valid: one of vp, subvp, ve, blog"):
+        sde_digits.get_config("vp,ve")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("process.sde", "vq", "unknown SDE 'vq'"),
+    ("process.beta_max", None, None),
+    ("sampler.name", "ddim", "unknown continuous-time sampler 'ddim'"),
+    ("train.loss_weighting", "min_snr_5", "loss_weighting of an SDE must be one of"),
+    ("train.time_sampling", "importance", "needs config.train.loss_weighting='likelihood'"),
+    ("sampler.noise_scale", -1.0, "noise_scale must be >= 0"),
+])
+def test_sde_config_errors_name_the_field(field, value, message):
+    config = sde_digits.get_config()
+    section, leaf = field.split(".")
+    if value is None:  # a hyperparameter the SDE does not have
+        config.process.sigma_max = 3.0
+        message = "unknown hyperparameters \\['sigma_max'\\] for the 'vp' SDE"
+    else:
+        config[section][leaf] = value
+    with pytest.raises(ValueError, match=message):
+        train_lib.validate_config(config)
 
 
 def test_cifar10_config_is_the_ddpm_paper_model():

@@ -109,3 +109,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError, match=r"at step 3; training stopped.*step 2"):
         train_lib.train(config, str(tmp_path))
     assert ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
+
+
+def test_sde_smoke_train_and_evaluate(tmp_path):
+    """A continuous-time VE model trains (likelihood-weighted, importance-sampled t) and samples
+    through the same entry point, with NFE reported per row."""
+    from configs import sde_digits
+    config = sde_digits.get_config("ve,smoke")
+    config.train.progress_bar = False
+    config.train.loss_weighting, config.train.time_sampling = "likelihood", "importance"
+    config.eval.samplers = ("em", "ode_adaptive")
+    results = train_lib.train_and_evaluate(config, str(tmp_path))
+    rows = {r["samples"]: r for r in results["rows"]}
+    assert rows["em"]["steps"] == 5 and rows["em"]["nfe"] == 6   # K steps + the Tweedie step
+    adaptive = rows["ode_adaptive (tsit5, rtol=0.001)"]
+    assert adaptive["steps"] is None and adaptive["nfe"] > 7 and (adaptive["nfe"] - 2) % 6 == 0
+    assert all(np.isfinite(r["fd"]) for r in results["rows"])
+    for name in ["samples.png", "samples_em_5.png", "samples_ode_adaptive.png"]:
+        assert (tmp_path / name).stat().st_size > 0, name

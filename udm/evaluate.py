@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 
 from udm import metrics, parallel
 from udm.samplers import make_sampler, network_predictor
+from udm.sde import SDE, network_score_fn
+from udm.sde_samplers import SampleOutput, SamplerOptions, make_continuous_sampler
 
 
 def draw_priors(process, *, num_samples: int, batch_size: int, image_shape, key, mesh) -> list:
@@ -26,11 +28,64 @@ def draw_priors(process, *, num_samples: int, batch_size: int, image_shape, key,
     return [draw(jax.random.fold_in(key, i)) for i in range(math.ceil(num_samples / batch_size))]
 
 
-def generate(sample_fn, params, priors: list, *, num_samples: int, key) -> np.ndarray:
-    """Runs the sampler on each x_T batch (noise keys fold_in(key, batch)); returns [num_samples, ...]."""
-    chunks = [np.asarray(sample_fn(params, x_T, key=jax.random.fold_in(key, i)))
-              for i, x_T in enumerate(priors)]
-    return np.concatenate(chunks)[:num_samples]
+def generate(sample_fn, params, priors: list, *, num_samples: int, key):
+    """Runs the sampler on each x_T batch (noise keys fold_in(key, batch)).
+
+    Returns:
+      (samples [num_samples, ...], function evaluations per sample). A continuous-time sampler
+      reports its own count (an adaptive solver's varies per batch: the mean is returned) and
+      raises RuntimeError if a solve failed; for a discrete sampler the count is None.
+    """
+    chunks, nfes = [], []
+    for i, x_T in enumerate(priors):
+        out = sample_fn(params, x_T, key=jax.random.fold_in(key, i))
+        if isinstance(out, SampleOutput):
+            if not bool(out.success):
+                raise RuntimeError(f"sampling batch {i} failed after {int(out.nfe)} function "
+                                   f"evaluations (adaptive solver step limit?)")
+            nfes.append(int(out.nfe))
+            out = out.x0
+        chunks.append(np.asarray(out))
+    return np.concatenate(chunks)[:num_samples], (float(np.mean(nfes)) if nfes else None)
+
+
+def make_eval_sampler(config, process, eval_apply, name: str, num_steps: int):
+    """The sampler of one table row: discrete (udm.samplers) or continuous-time (udm.sde_samplers).
+
+    Continuous-time samples are clipped to the data range [-1, 1] when config.sampler.clip_x0.
+    """
+    sc = config.sampler
+    if isinstance(process, SDE):
+        options = SamplerOptions(noise_scale=sc.noise_scale, snr=sc.snr,
+                                 corrector_steps=sc.corrector_steps, solver=sc.solver,
+                                 rtol=sc.rtol, atol=sc.atol, max_steps=sc.max_steps)
+        sample = make_continuous_sampler(process, network_score_fn(process, eval_apply, "eps"),
+                                         name, num_steps=num_steps, options=options)
+        if not sc.clip_x0:
+            return sample
+
+        def clipped(params, x, *, key):
+            out = sample(params, x, key=key)
+            return out._replace(x0=jax.numpy.clip(out.x0, -1.0, 1.0))
+
+        return clipped
+    predictor = network_predictor(process, eval_apply, clip=1.0 if sc.clip_x0 else None)
+    eta = sc.eta if name == "ddim" else 0.0
+    return make_sampler(process, predictor, num_steps=num_steps, name=name, eta=eta,
+                        spacing=sc.spacing)
+
+
+def sampler_label(config, name: str) -> str:
+    """How a sampler row is named in the table."""
+    if name == "ddim":
+        return f"ddim (eta={config.sampler.eta:g})"
+    if name == "em" and config.sampler.noise_scale != 1.0:
+        return f"em (lambda={config.sampler.noise_scale:g})"
+    if name == "pc":
+        return f"pc (snr={config.sampler.snr:g})"
+    if name == "ode_adaptive":
+        return f"ode_adaptive ({config.sampler.solver}, rtol={config.sampler.rtol:g})"
+    return name
 
 
 def score(samples: np.ndarray, classifier, reference_features, train_images: np.ndarray,
@@ -55,11 +110,11 @@ def score(samples: np.ndarray, classifier, reference_features, train_images: np.
 
 
 _COLUMNS = [
-    ("samples", "{}"), ("steps", "{}"), ("fd", "{:.2f}"), ("class_entropy", "{:.3f}"),
+    ("samples", "{}"), ("steps", "{}"), ("nfe", "{:g}"), ("fd", "{:.2f}"), ("class_entropy", "{:.3f}"),
     ("histogram_entropy", "{:.3f}"), ("max_class_fraction", "{:.3f}"),
     ("nn_train_distance", "{:.3f}"), ("memorised_fraction", "{:.3f}"), ("seconds", "{:.1f}"),
 ]
-_HEADERS = ["samples", "steps K", "FD-digits ↓", "class entropy (nats) ↓",
+_HEADERS = ["samples", "steps K", "NFE", "FD-digits ↓", "class entropy (nats) ↓",
             "class-histogram entropy (nats, max ln 10 = 2.303)", "largest class fraction",
             "mean NN distance to train", "memorised fraction", "sampling time (s)"]
 
@@ -94,10 +149,12 @@ def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh
         real_row["fd"] = float(metrics.frechet_distance(classifier.features(real), reference))
     rows = [dict(samples="real digits", steps=None, seconds=None, **real_row)]
 
-    predictor = network_predictor(process, eval_apply,
-                                  clip=1.0 if config.sampler.clip_x0 else None)
-    runs = [(name, k) for name in ec.samplers for k in ec.step_counts]
-    primary = (config.sampler.name, config.sampler.num_steps)
+    # An adaptive ODE solver picks its own steps: one row, whatever the step counts.
+    runs = [(name, None if name == "ode_adaptive" else k)
+            for name in ec.samplers for k in ec.step_counts]
+    runs = list(dict.fromkeys(runs))
+    primary = (config.sampler.name,
+               None if config.sampler.name == "ode_adaptive" else config.sampler.num_steps)
     if primary not in runs:
         runs.append(primary)
     grid_n = min(ec.grid_size, n)
@@ -106,20 +163,21 @@ def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh
     priors = draw_priors(process, num_samples=n, batch_size=ec.batch_size,
                          image_shape=held_out.shape[1:], key=prior_key, mesh=mesh)
     for name, k in tqdm(runs, desc="sample", unit="run", disable=not config.train.progress_bar):
-        eta = config.sampler.eta if name == "ddim" else 0.0
-        sample_fn = make_sampler(process, predictor, num_steps=k, name=name, eta=eta,
-                                 spacing=config.sampler.spacing)
+        sample_fn = make_eval_sampler(config, process, eval_apply, name, k or 0)
         start = time.perf_counter()
-        samples = generate(sample_fn, params, priors, num_samples=n, key=noise_key)
+        samples, nfe = generate(sample_fn, params, priors, num_samples=n, key=noise_key)
         seconds = time.perf_counter() - start
-        label = f"{name}" + (f" (eta={eta:g})" if name == "ddim" else "")
-        rows.append(dict(samples=label, steps=k, seconds=seconds,
+        label = sampler_label(config, name)
+        rows.append(dict(samples=label, steps=k, nfe=nfe if nfe is not None else k,
+                         seconds=seconds,
                          **score(samples, classifier, reference, dataset.train_images, held_out)))
-        metrics.save_image_grid(samples[:grid_n], os.path.join(workdir, f"samples_{name}_{k}.png"),
-                                title=f"{label}, K={k}")
+        suffix = f"{name}_{k}" if k is not None else name
+        title = f"{label}, K={k}" if k is not None else label
+        metrics.save_image_grid(samples[:grid_n], os.path.join(workdir, f"samples_{suffix}.png"),
+                                title=title)
         if (name, k) == primary:
             metrics.save_image_grid(samples[:grid_n], os.path.join(workdir, "samples.png"),
-                                    title=f"{label}, K={k}")
+                                    title=title)
     metrics.save_image_grid(real[:grid_n], os.path.join(workdir, "real.png"), title="real digits")
 
     header = (f"Evaluation of {dataset.name} at training step {config.train.num_steps}: "

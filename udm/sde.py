@@ -95,11 +95,16 @@ class SDE:
     @property
     def prior_std(self) -> float:
         """Std of the prior N(0, prior_std^2 I) that stands in for p_1 (beta_bar(1))."""
-        return float(self.beta_bar(jnp.float32(1.0)))
+        with jax.ensure_compile_time_eval():  # a constant, also when called under jit
+            return float(self.beta_bar(jnp.float32(1.0)))
 
     def prior_sample(self, key, shape, dtype=jnp.float32) -> Array:
         """x_1 ~ N(0, prior_std^2 I)."""
         return self.prior_std * jax.random.normal(key, shape, dtype)
+
+    def prior(self, key, shape, dtype=jnp.float32) -> Array:
+        """Same as `prior_sample`: the name the discrete processes use."""
+        return self.prior_sample(key, shape, dtype)
 
     def prior_logp(self, z: Array) -> Array:
         """log N(z; 0, prior_std^2 I) of one example z (any shape), summed over its entries."""
@@ -244,7 +249,13 @@ SDES.register("blog")(BlogSDE)
 
 def get_sde(name: str, **kwargs) -> SDE:
     """An SDE by registry name ("vp", "subvp", "ve", "blog") with its hyperparameters as keywords."""
-    return SDES.get(name)(**kwargs)
+    cls = SDES.get(name)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise ValueError(f"unknown hyperparameters {unknown} for the {name!r} SDE; "
+                         f"valid: {', '.join(sorted(fields))}")
+    return cls(**kwargs)
 
 
 def time_grid(sde: SDE, num_steps: int, *, t_end: float = None) -> Array:

@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from udm import checkpoint as ckpt_lib
 from udm import parallel
 from udm.data import batch_at_step, load_dataset
-from udm.losses import make_loss_fn
+from udm import losses
 from udm.nn import ATTENTION_SCALES, UNet, count_params
 from udm.processes import LOSS_WEIGHTINGS, PREDICTION_TARGETS, PROCESSES
 from udm.samplers import SAMPLERS, SPACINGS
+from udm.sde_samplers import CONTINUOUS_SAMPLERS
 
 PyTree = Any
 
@@ -41,18 +42,42 @@ def _check(cond: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the field for every bad value we can see without running."""
+def is_continuous(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config describes a continuous-time SDE (process.name == "sde")."""
+    return config.process.name == "sde"
+
+
+def _validate_process_and_samplers(config) -> None:
+    PROCESSES.get(config.process.name)
+    if is_continuous(config):
+        sde = make_process(config)  # unknown SDE names and hyperparameters fail here
+        _check(0.0 < sde.t_min < 1.0, f"config.process.t_min must be in (0, 1), got {sde.t_min}")
+        _check(config.train.loss_weighting in losses.DSM_WEIGHTINGS,
+               f"config.train.loss_weighting of an SDE must be one of "
+               f"{', '.join(losses.DSM_WEIGHTINGS)}, got {config.train.loss_weighting!r}")
+        _check(config.train.time_sampling in losses.TIME_SAMPLINGS,
+               f"config.train.time_sampling must be one of {', '.join(losses.TIME_SAMPLINGS)}, "
+               f"got {config.train.time_sampling!r}")
+        _check(config.train.time_sampling == "uniform"
+               or config.train.loss_weighting == "likelihood",
+               "config.train.time_sampling='importance' needs "
+               "config.train.loss_weighting='likelihood'")
+        for name in (config.sampler.name, *config.eval.samplers):
+            CONTINUOUS_SAMPLERS.get(name)
+        for name, k in [("config.sampler.num_steps", config.sampler.num_steps)] + [
+                ("config.eval.step_counts entries", k) for k in config.eval.step_counts]:
+            _check(k >= 1, f"{name} must be >= 1, got {k}")
+        _check(config.sampler.noise_scale >= 0,
+               f"config.sampler.noise_scale must be >= 0, got {config.sampler.noise_scale}")
+        return
     T = config.process.num_timesteps
     _check(T >= 1, f"config.process.num_timesteps must be >= 1, got {T}")
-    PROCESSES.get(config.process.name)
     from udm import schedules  # noqa: F401  (registry lookup below)
     schedules.SCHEDULES.get(config.process.schedule)
     PREDICTION_TARGETS.get(config.process.prediction)
     LOSS_WEIGHTINGS.get(config.train.loss_weighting)
     SAMPLERS.get(config.sampler.name)
     SPACINGS.get(config.sampler.spacing)
-    ATTENTION_SCALES.get(config.model.attention_scale)
     for name in config.eval.samplers:
         SAMPLERS.get(name)
     _check(1 <= config.sampler.num_steps <= T,
@@ -61,6 +86,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         _check(1 <= k <= T, f"config.eval.step_counts entries must be in [1, T={T}], got {k}")
     _check(0.0 <= config.sampler.eta <= 1.0,
            f"config.sampler.eta must be in [0, 1], got {config.sampler.eta}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the field for every bad value we can see without running."""
+    _validate_process_and_samplers(config)
+    ATTENTION_SCALES.get(config.model.attention_scale)
     _check(config.train.num_steps >= 0,
            f"config.train.num_steps must be >= 0, got {config.train.num_steps}")
     _check(config.train.batch_size >= 1,
@@ -224,7 +255,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         print(f"udm: resumed from step {latest} in {workdir}")
 
     train_apply, _ = make_apply_fns(exp.model)
-    loss_fn = make_loss_fn(exp.process, train_apply, weighting=config.train.loss_weighting)
+    if is_continuous(config):
+        loss_fn = losses.make_dsm_loss_fn(exp.process, train_apply,
+                                          weighting=config.train.loss_weighting,
+                                          time_sampling=config.train.time_sampling)
+    else:
+        loss_fn = losses.make_loss_fn(exp.process, train_apply,
+                                      weighting=config.train.loss_weighting)
     train_step = jax.jit(
         make_train_step(loss_fn, exp.optimizer, ema_decay=config.train.ema_decay,
                         train_key=exp.train_key),
@@ -253,11 +290,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                 # Blocking here every few steps also keeps fake-device all-reduces in step.
                 host = jax.device_get(pending)
                 pending = []
-                losses = np.array([m["loss"] for m in host])
-                if not np.all(np.isfinite(losses)):
-                    bad = done - len(losses) + int(np.argmin(np.isfinite(losses)))
+                loss_values = np.array([m["loss"] for m in host])
+                if not np.all(np.isfinite(loss_values)):
+                    bad = done - len(loss_values) + int(np.argmin(np.isfinite(loss_values)))
                     raise FloatingPointError(
-                        f"loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}; "
+                        f"loss became {loss_values[~np.isfinite(loss_values)][0]} at step {bad + 1}; "
                         f"training stopped. The last good checkpoint "
                         f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept.")
                 now = time.perf_counter()

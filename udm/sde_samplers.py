@@ -1,0 +1,200 @@
+"""Reverse-time samplers of a continuous-time diffusion, one `jax.lax.scan` each (spec 03).
+
+* "em": Euler-Maruyama on the one-parameter family of reverse SDEs that share the marginals
+  (S9), dx = [f_t x - 1/2 (g_t^2 + sigma_t^2) score] dt + sigma_t dw with sigma_t = lambda g_t:
+  lambda = 1 is the reverse SDE (S3)/(S4), lambda = 0 the probability-flow ODE (S10) by Euler.
+* "pc": predictor-corrector (Song et al. 2021): the "reverse diffusion" predictor, which
+  discretises the reverse SDE with the exact forward kernel of each step, after a Langevin
+  corrector whose step is set by a signal-to-noise ratio.
+* "ode_euler", "ode_heun", "ode_ddim", "ode_adaptive": the probability-flow ODE (udm.ode).
+
+Every sampler takes any score / eps / x0 predictor (wrap it with `udm.sde.as_score_fn`), runs
+from x_1 at t = 1 to t_end = sde.t_min, and by default returns the Tweedie estimate
+E[x_0 | x_{t_end}] = (x + beta_bar^2 score) / alpha_bar (one more evaluation). Built samplers have
+the signature `sample(params, x_1, *, key) -> SampleOutput(x0, nfe, success)`.
+"""
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from udm import ode
+from udm.registry import Registry
+
+Array = Any
+
+
+class SampleOutput(NamedTuple):
+    """What a continuous-time sampler returns."""
+    x0: Array       # [B, ...] samples
+    nfe: Array      # int32: score evaluations used (per batch; every example shares them)
+    success: Array  # bool: False only when an adaptive solver failed (x0 is then NaN)
+
+
+def _per_example_norm(x):
+    return jnp.sqrt(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1))
+
+
+def _expand(v, x):
+    """[B] -> [B, 1, ..., 1] to scale each example of x."""
+    return v.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def euler_maruyama_step(sde, score, x, t, s, noise_scale, z):
+    """One step t -> s < t of the reverse SDE family (S9) with sigma_t = noise_scale * g_t."""
+    dt = t - s
+    g2 = sde.g2(t)
+    mean = x - (sde.f(t) * x - 0.5 * (1.0 + noise_scale ** 2) * g2 * score) * dt
+    return mean + noise_scale * jnp.sqrt(g2 * dt) * z, mean
+
+
+def reverse_diffusion_step(sde, score, x, t, s, z):
+    """One "reverse diffusion" step t -> s: with the forward kernel x_t = a x_s + sqrt(v) eps,
+    x_s = x_t - (a - 1) x_t + v score + sqrt(v) z (Song et al.'s ReverseDiffusionPredictor, for any
+    linear SDE)."""
+    a, v = sde.transition(t, s)
+    mean = x - (a - 1.0) * x + v * score
+    return mean + jnp.sqrt(v) * z, mean
+
+
+def langevin_step(sde, score, x, t, s, snr, z):
+    """One Langevin corrector step at time t: x + eps score + sqrt(2 eps) z with
+    eps = 2 a^2 (snr ||z|| / ||score||)^2 per example, a^2 = alpha_bar_t^2 / alpha_bar_s^2 (Song et al.'s
+    choice: 1 - beta_i for VP, 1 for VE)."""
+    a, _ = sde.transition(t, s)
+    ratio = snr * _per_example_norm(z) / _per_example_norm(score)
+    step = _expand(2.0 * a ** 2 * ratio ** 2, x)
+    return x + step * score + jnp.sqrt(2.0 * step) * z
+
+
+def make_sde_sampler(sde, score_fn: Callable, *, num_steps: int, predictor: str = "em",
+                     noise_scale: float = 1.0, corrector_steps: int = 0, snr: float = 0.16,
+                     denoise: bool = True, t_end: Optional[float] = None, jit: bool = True):
+    """Builds `sample(params, x_1, *, key) -> SampleOutput` for a reverse-time SDE.
+
+    Args:
+      sde: a `udm.sde.SDE`.
+      score_fn: `(params, x [B, ...], t scalar) -> score [B, ...]`.
+      num_steps: K predictor steps on a uniform grid from 1 to t_end.
+      predictor: "em" (the (S9) family, sigma_t = noise_scale g_t) or "reverse_diffusion".
+      noise_scale: lambda >= 0 of the "em" family (1: reverse SDE, 0: probability-flow ODE).
+        Every lambda >= 0 keeps the marginals; only the discretisation error differs.
+      corrector_steps: Langevin corrector steps before each predictor step (0: none).
+      snr: the corrector's signal-to-noise ratio r.
+      denoise: return E[x_0 | x_{t_end}] (Tweedie, one more evaluation) instead of x_{t_end}.
+      t_end: last time, default sde.t_min.
+    """
+    if predictor not in ("em", "reverse_diffusion"):
+        raise ValueError(f"unknown predictor {predictor!r}; valid: em, reverse_diffusion")
+    if noise_scale < 0:
+        raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+    if num_steps < 1 or corrector_steps < 0:
+        raise ValueError(f"need num_steps >= 1 and corrector_steps >= 0, got {num_steps}, "
+                         f"{corrector_steps}")
+    t_end = sde.t_min if t_end is None else t_end
+    grid = jnp.linspace(1.0, t_end, num_steps + 1, dtype=jnp.float32)
+    steps = (grid[:-1], grid[1:], jnp.arange(num_steps, dtype=jnp.int32))
+    nfe = num_steps * (1 + corrector_steps) + int(denoise)
+
+    def sample(params, x_1, *, key):
+        def body(x, step):
+            t, s, index = step
+            keys = jax.random.split(jax.random.fold_in(key, index), corrector_steps + 1)
+            for j in range(corrector_steps):
+                z = jax.random.normal(keys[j], x.shape, x.dtype)
+                x = langevin_step(sde, score_fn(params, x, t), x, t, s, snr, z)
+            z = jax.random.normal(keys[-1], x.shape, x.dtype)
+            score = score_fn(params, x, t)
+            if predictor == "em":
+                x, _ = euler_maruyama_step(sde, score, x, t, s, noise_scale, z)
+            else:
+                x, _ = reverse_diffusion_step(sde, score, x, t, s, z)
+            return x.astype(x_1.dtype), None
+
+        x, _ = jax.lax.scan(body, x_1, steps)
+        if denoise:
+            x = sde.x0_from_score(x, t_end, score_fn(params, x, jnp.float32(t_end)))
+        return SampleOutput(x, jnp.int32(nfe), jnp.bool_(True))
+
+    return jax.jit(sample) if jit else sample
+
+
+def make_ode_sampler(sde, score_fn: Callable, *, num_steps: int = 0, method: str = "euler",
+                     denoise: bool = True, t_end: Optional[float] = None, jit: bool = True,
+                     **adaptive_options):
+    """Builds `sample(params, x_1, *, key) -> SampleOutput` from the probability-flow ODE.
+
+    method: "euler", "heun", "ddim" (K fixed steps) or "adaptive" (diffrax; num_steps unused;
+    `adaptive_options` go to `udm.ode.make_adaptive_solver`: solver, rtol, atol, max_steps).
+    The key is unused (the ODE is deterministic).
+    """
+    t_end = sde.t_min if t_end is None else t_end
+    if method == "adaptive":
+        solve = ode.make_adaptive_solver(sde, score_fn, t0=1.0, t1=t_end, **adaptive_options)
+    else:
+        solve = ode.make_fixed_step_solver(sde, score_fn, num_steps=num_steps, method=method,
+                                           t0=1.0, t1=t_end)
+
+    def sample(params, x_1, *, key):
+        del key
+        x, nfe, success = solve(params, x_1)
+        if denoise:
+            x = sde.x0_from_score(x, t_end, score_fn(params, x, jnp.float32(t_end)))
+            nfe = nfe + 1
+        return SampleOutput(x, nfe, success)
+
+    return jax.jit(sample) if jit else sample
+
+
+# --- named samplers, as configs and tables refer to them --------------------------------------
+
+class SamplerOptions(NamedTuple):
+    """Hyperparameters of the named continuous-time samplers (config.sampler fields)."""
+    noise_scale: float = 1.0   # "em": sigma_t = noise_scale g_t
+    snr: float = 0.16          # "pc": Langevin signal-to-noise ratio (Score SDE default)
+    corrector_steps: int = 1   # "pc"
+    solver: str = "tsit5"      # "ode_adaptive"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    max_steps: int = 4096
+    denoise: bool = True
+
+
+CONTINUOUS_SAMPLERS = Registry("continuous-time sampler")
+
+
+@CONTINUOUS_SAMPLERS.register("em")
+def _em(sde, score_fn, num_steps, o: SamplerOptions):
+    return make_sde_sampler(sde, score_fn, num_steps=num_steps, predictor="em",
+                            noise_scale=o.noise_scale, denoise=o.denoise)
+
+
+@CONTINUOUS_SAMPLERS.register("pc")
+def _pc(sde, score_fn, num_steps, o: SamplerOptions):
+    return make_sde_sampler(sde, score_fn, num_steps=num_steps, predictor="reverse_diffusion",
+                            corrector_steps=o.corrector_steps, snr=o.snr, denoise=o.denoise)
+
+
+def _fixed_ode(method):
+    def build(sde, score_fn, num_steps, o: SamplerOptions):
+        return make_ode_sampler(sde, score_fn, num_steps=num_steps, method=method,
+                                denoise=o.denoise)
+    return build
+
+
+CONTINUOUS_SAMPLERS.register("ode_euler")(_fixed_ode("euler"))
+CONTINUOUS_SAMPLERS.register("ode_heun")(_fixed_ode("heun"))
+CONTINUOUS_SAMPLERS.register("ode_ddim")(_fixed_ode("ddim"))
+
+
+@CONTINUOUS_SAMPLERS.register("ode_adaptive")
+def _ode_adaptive(sde, score_fn, num_steps, o: SamplerOptions):
+    del num_steps  # the controller chooses the steps
+    return make_ode_sampler(sde, score_fn, method="adaptive", denoise=o.denoise,
+                            solver=o.solver, rtol=o.rtol, atol=o.atol, max_steps=o.max_steps)
+
+
+def make_continuous_sampler(sde, score_fn: Callable, name: str, *, num_steps: int,
+                            options: SamplerOptions = SamplerOptions()):
+    """A named sampler ("em", "pc", "ode_euler", "ode_heun", "ode_ddim", "ode_adaptive")."""
+    return CONTINUOUS_SAMPLERS.get(name)(sde, score_fn, num_steps, options)
