@@ -4,9 +4,11 @@ Every SDE here is described by its marginals p(x_t | x_0) = N(alpha_bar(t) x_0, 
 (blog notation: alpha_bar is the signal coefficient, beta_bar the noise std). The drift and the
 diffusion follow from them by (S6),
 
-    f_t = d/dt ln alpha_bar(t),    g_t^2 = 2 beta_bar(t)^2 d/dt ln(beta_bar(t) / alpha_bar(t)),
+    f_t = d/dt ln alpha_bar(t),    g_t^2 = alpha_bar^2 d/dt (beta_bar^2 / alpha_bar^2)
+                                         = d/dt beta_bar^2 - 2 f_t beta_bar^2,
 
-computed by forward-mode autodiff, so a new SDE only has to give its two marginal functions; the
+computed by forward-mode autodiff (the last form stays finite at t = 0, where beta_bar = 0), so
+a new SDE only has to give its two marginal functions; the
 tests check the result against the Score SDE paper's closed forms (VP: g^2 = beta(t); sub-VP:
 g^2 = beta(t)(1 - e^{-2 int beta}); VE: g^2 = d sigma^2/dt).
 
@@ -34,7 +36,7 @@ OUTPUT_KINDS = ("eps", "x0", "score")
 
 
 class SDE:
-    """Base class: subclasses define `log_alpha_bar(t)` and `beta_bar(t)` (and the fields below).
+    """Base class: subclasses define `log_alpha_bar(t)` and `beta_bar_sq(t)` (and the fields below).
 
     Attributes (every subclass):
       t_min: smallest time used in training, sampling and likelihoods (the marginal at 0 is a
@@ -51,10 +53,15 @@ class SDE:
     def log_alpha_bar(self, t: Array) -> Array:
         raise NotImplementedError
 
-    def beta_bar(self, t: Array) -> Array:
+    def beta_bar_sq(self, t: Array) -> Array:
+        """Variance beta_bar(t)^2 of p(x_t | x_0)."""
         raise NotImplementedError
 
     # --- everything else follows ----------------------------------------------------------------
+
+    def beta_bar(self, t: Array) -> Array:
+        """Noise standard deviation of p(x_t | x_0)."""
+        return jnp.sqrt(self.beta_bar_sq(t))
 
     def alpha_bar(self, t: Array) -> Array:
         """Signal coefficient of p(x_t | x_0)."""
@@ -70,10 +77,10 @@ class SDE:
         return jax.jvp(self.log_alpha_bar, (t,), (jnp.ones_like(t),))[1]
 
     def g2(self, t: Array) -> Array:
-        """Squared diffusion g_t^2 = 2 beta_bar^2 d/dt ln(beta_bar / alpha_bar) (S6)."""
+        """Squared diffusion g_t^2 = d/dt beta_bar^2 - 2 f_t beta_bar^2 (S6)."""
         t = jnp.asarray(t, jnp.float32)
-        log_ratio = lambda u: jnp.log(self.beta_bar(u)) - self.log_alpha_bar(u)
-        return 2.0 * self.beta_bar(t) ** 2 * jax.jvp(log_ratio, (t,), (jnp.ones_like(t),))[1]
+        var, dvar = jax.jvp(self.beta_bar_sq, (t,), (jnp.ones_like(t),))
+        return dvar - 2.0 * self.f(t) * var
 
     def drift(self, x: Array, t: Array) -> Array:
         """f_t x, the forward drift (S1)."""
@@ -88,7 +95,7 @@ class SDE:
         """(a, v): p(x_t | x_s) = N(a x_s, v I) for s < t, with a = alpha_bar_t / alpha_bar_s and
         v = beta_bar_t^2 - a^2 beta_bar_s^2 (exact for a linear SDE)."""
         a = jnp.exp(self.log_alpha_bar(t) - self.log_alpha_bar(s))
-        return a, self.beta_bar(t) ** 2 - (a * self.beta_bar(s)) ** 2
+        return a, self.beta_bar_sq(t) - a ** 2 * self.beta_bar_sq(s)
 
     # --- the prior p_1 ------------------------------------------------------------------------
 
@@ -154,11 +161,6 @@ def network_score_fn(sde: SDE, apply_fn: Callable, kind: str = "eps") -> Predict
 
 # --- the SDEs ----------------------------------------------------------------------------------
 
-def _neg_expm1_sqrt(x):
-    """sqrt(1 - e^{-x}), accurate for small x."""
-    return jnp.sqrt(-jnp.expm1(-x))
-
-
 @dataclasses.dataclass(frozen=True)
 class VPSDE(SDE):
     """Variance preserving: dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw, beta(t) = beta_min + t (beta_max - beta_min).
@@ -179,16 +181,16 @@ class VPSDE(SDE):
     def log_alpha_bar(self, t):
         return -0.5 * self.integrated_beta(t)
 
-    def beta_bar(self, t):
-        return _neg_expm1_sqrt(self.integrated_beta(t))
+    def beta_bar_sq(self, t):
+        return -jnp.expm1(-self.integrated_beta(t))  # 1 - e^{-B}, accurate for small t
 
 
 @dataclasses.dataclass(frozen=True)
 class SubVPSDE(VPSDE):
     """sub-VP: the VP drift with g^2 = beta(t)(1 - e^{-2 B(t)}); beta_bar = 1 - alpha_bar^2 <= VP's."""
 
-    def beta_bar(self, t):
-        return -jnp.expm1(-self.integrated_beta(t))
+    def beta_bar_sq(self, t):
+        return jnp.expm1(-self.integrated_beta(t)) ** 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,9 +209,9 @@ class VESDE(SDE):
     def log_alpha_bar(self, t):
         return jnp.zeros_like(jnp.asarray(t, jnp.float32))
 
-    def beta_bar(self, t):
+    def beta_bar_sq(self, t):
         t = jnp.asarray(t, jnp.float32)
-        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+        return (self.sigma_min * (self.sigma_max / self.sigma_min) ** t) ** 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,8 +238,8 @@ class BlogSDE(SDE):
         closed = (1 - u) * jnp.log1p(-u) + u
         return -(self.num_timesteps / (2 * self.rate)) * jnp.where(u < 0.05, series, closed)
 
-    def beta_bar(self, t):
-        return _neg_expm1_sqrt(-2.0 * self.log_alpha_bar(t))
+    def beta_bar_sq(self, t):
+        return -jnp.expm1(2.0 * self.log_alpha_bar(t))
 
 
 SDES = Registry("SDE")

@@ -35,11 +35,6 @@ def _per_example_norm(x):
     return jnp.sqrt(jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1))
 
 
-def _expand(v, x):
-    """[B] -> [B, 1, ..., 1] to scale each example of x."""
-    return v.reshape((-1,) + (1,) * (x.ndim - 1))
-
-
 def euler_maruyama_step(sde, score, x, t, s, noise_scale, z):
     """One step t -> s < t of the reverse SDE family (S9) with sigma_t = noise_scale * g_t."""
     dt = t - s
@@ -58,12 +53,18 @@ def reverse_diffusion_step(sde, score, x, t, s, z):
 
 
 def langevin_step(sde, score, x, t, s, snr, z):
-    """One Langevin corrector step at time t: x + eps score + sqrt(2 eps) z with
-    eps = 2 a^2 (snr ||z|| / ||score||)^2 per example, a^2 = alpha_bar_t^2 / alpha_bar_s^2 (Song et al.'s
-    choice: 1 - beta_i for VP, 1 for VE)."""
+    """One Langevin corrector step at time t: x + eps score + sqrt(2 eps) z.
+
+    eps = 2 a^2 (snr mean||z|| / mean||score||)^2 with norms per example averaged over the batch
+    (Song et al.'s rule) and a^2 = alpha_bar_t^2 / alpha_bar_s^2 (their 1 - beta_i for VP, 1 for
+    VE). The batch means matter: a step size set per example from its own ||score(x)|| depends
+    on the state, and the chain then leaves p_t for p_t ||score||^2 (variance too large by a
+    factor (d + 2) / d). The norm ratio is only meaningful in high dimension, where
+    ||z|| ~ sqrt(d).
+    """
     a, _ = sde.transition(t, s)
-    ratio = snr * _per_example_norm(z) / _per_example_norm(score)
-    step = _expand(2.0 * a ** 2 * ratio ** 2, x)
+    ratio = snr * jnp.mean(_per_example_norm(z)) / jnp.mean(_per_example_norm(score))
+    step = 2.0 * a ** 2 * ratio ** 2
     return x + step * score + jnp.sqrt(2.0 * step) * z
 
 
