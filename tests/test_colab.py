@@ -8,7 +8,8 @@ from nbclient import NotebookClient
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("name,min_images", [("quickstart", 4), ("entropy", 2)])
+@pytest.mark.parametrize("name,min_images", [("quickstart", 4), ("entropy", 2),
+                                            ("sde_and_likelihood", 6)])
 def test_notebook_executes(name, min_images):
     path = os.path.join(ROOT, "colabs", f"{name}.ipynb")
     nb = nbformat.read(path, as_version=4)

@@ -5,7 +5,6 @@ V_t = alpha_bar^2 S^2 + beta_bar^2 and score -(x - alpha_bar M) / V_t (spec 03 Â
 mixtures through the exact posterior mean of `udm.oracles`. Reference numerics are float64 numpy;
 the library runs in float32. Monte Carlo tolerances are k standard errors (SE), stated inline.
 """
-import types
 
 import jax
 import jax.numpy as jnp
@@ -33,22 +32,9 @@ def gaussian_score(sde, mean=M, std=S):
     return score
 
 
-class _AtTime:
-    """`obj[t]` evaluates a marginal at a float time, so the discrete-time oracles (which index
-    `process.alpha_bar[t]`) read the continuous marginals."""
-
-    def __init__(self, fn):
-        self.fn = fn
-
-    def __getitem__(self, t):
-        return self.fn(t)
-
-
 def mixture_score(sde, means, stds, weights):
     """Exact score of p_t for a Gaussian mixture: (alpha_bar E[x_0 | x_t] - x_t) / beta_bar^2."""
-    view = types.SimpleNamespace(alpha_bar=_AtTime(sde.alpha_bar), beta_bar=_AtTime(sde.beta_bar))
-    x0_fn = oracles.gaussian_mixture_posterior_mean(view, means, stds, weights)
-    return sde_lib.as_score_fn(sde, x0_fn, "x0")
+    return oracles.gaussian_mixture_score(sde, means, stds, weights)
 
 
 def marginal64(sde, t):

@@ -6,6 +6,8 @@ into every sampler exactly like a trained network; tests and notebooks use them 
 import jax
 import jax.numpy as jnp
 
+from udm.sde import as_score_fn
+
 
 def gaussian_posterior_mean(process, mean, std):
     """E[x_0 | x_t] for x_0 ~ N(mean, std^2 I): mean + a s^2 (x_t - a mean) / (a^2 s^2 + b^2)."""
@@ -57,3 +59,38 @@ def mixture_responsibilities(means, stds, weights, x0):
     log_resp = (jnp.log(jnp.asarray(weights))[None] - 0.5 * sq / stds[None] ** 2
                 - d * jnp.log(stds)[None])
     return jax.nn.softmax(log_resp, axis=-1)
+
+
+# --- continuous time ---------------------------------------------------------------------------
+
+class _AtTime:
+    """`view[t]` evaluates a marginal function at a float time t."""
+
+    def __init__(self, fn):
+        self._fn = fn
+
+    def __getitem__(self, t):
+        return self._fn(t)
+
+
+class ContinuousTimeView:
+    """Makes an SDE (udm.sde) look like a discrete process to the oracles above.
+
+    The oracles read `process.alpha_bar[t]` and `process.beta_bar[t]`; here `t` is a float time
+    in [0, 1] and the values are the SDE's marginal coefficients at t.
+    """
+
+    def __init__(self, sde):
+        self.alpha_bar = _AtTime(sde.alpha_bar)
+        self.beta_bar = _AtTime(sde.beta_bar)
+
+
+def gaussian_score(sde, mean, std):
+    """Exact score of p_t for x_0 ~ N(mean, std^2 I) under an SDE: `(params, x, t) -> score`."""
+    return as_score_fn(sde, gaussian_posterior_mean(ContinuousTimeView(sde), mean, std), "x0")
+
+
+def gaussian_mixture_score(sde, means, stds, weights):
+    """Exact score of p_t for mixture data under an SDE, via (alpha_bar E[x_0|x_t] - x_t) / beta_bar^2."""
+    x0_fn = gaussian_mixture_posterior_mean(ContinuousTimeView(sde), means, stds, weights)
+    return as_score_fn(sde, x0_fn, "x0")
