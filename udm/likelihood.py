@@ -22,10 +22,10 @@ same for the VLB, whose discretised decoder already gives a probability mass.
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
-import diffrax
 import jax
 import jax.numpy as jnp
 
+from udm import ode
 from udm.sde import SDE
 
 Array = Any
@@ -34,7 +34,6 @@ ScoreFn = Callable[[Any, Array, Array], Array]
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
-_SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
 DECODERS = ("discretized", "gaussian")
 
 
@@ -102,9 +101,10 @@ def make_augmented_drift(sde: SDE, score_fn: ScoreFn) -> Callable:
         `drift(params, x [B, ...], t scalar, tangents [P, B, ...] or None)` -> (dx/dt [B, ...],
         div [B]); `tangents=None` means the exact trace (D basis vectors).
     """
+    flow = ode.probability_flow_drift(sde, score_fn)
+
     def drift_fn(params, x, t):
-        t = jnp.asarray(t, jnp.float32)
-        return sde.f(t) * x - 0.5 * sde.g2(t) * score_fn(params, x, t)
+        return flow(params, x, jnp.asarray(t, jnp.float32))
 
     def augmented(params, x, t, tangents):
         exact = tangents is None
@@ -143,21 +143,6 @@ class LogLikelihood(NamedTuple):
     z: Array
     nfe: Array
     success: Array
-
-
-def _evals_per_step(solver) -> tuple:
-    """(initial evaluations, evaluations per attempted step) of an explicit RK solver.
-
-    A FSAL tableau (Tsit5, Dopri5: 7 stages) reuses the last stage of an accepted step as the
-    first of the next, so each attempted step (accepted or rejected: a rejected step keeps the
-    old first stage) costs stages - 1 evaluations, plus the one at (t0, x0) that we compute
-    ourselves and hand to diffrax as its solver state.
-    """
-    tableau = solver.tableau
-    stages = len(tableau.c) + 1
-    if tableau.fsal:
-        return 1, stages - 1
-    return 0, stages
 
 
 def make_ode_log_likelihood(sde: SDE, score_fn: ScoreFn, *, divergence: str = "hutchinson",
@@ -202,7 +187,7 @@ def make_ode_log_likelihood(sde: SDE, score_fn: ScoreFn, *, divergence: str = "h
     """
     _check_name("divergence", divergence, DIVERGENCES)
     _check_name("probe", probe, PROBES)
-    _check_name("solver", solver, tuple(_SOLVERS))
+    ode.ADAPTIVE_SOLVERS.get(solver)
     if num_probes < 1:
         raise ValueError(f"num_probes must be >= 1, got {num_probes}")
     if max_steps < 1:
@@ -213,8 +198,6 @@ def make_ode_log_likelihood(sde: SDE, score_fn: ScoreFn, *, divergence: str = "h
     if dt0 <= 0.0:
         raise ValueError(f"dt0 must be > 0, got {dt0}")
     dt0 = min(float(dt0), 1.0 - t0)
-    ode_solver = _SOLVERS[solver]()
-    init_evals, evals_per_step = _evals_per_step(ode_solver)
     augmented = make_augmented_drift(sde, score_fn)
     prior_logp_fn = sde.prior_logp if prior_logp_fn is None else prior_logp_fn
 
@@ -232,25 +215,17 @@ def make_ode_log_likelihood(sde: SDE, score_fn: ScoreFn, *, divergence: str = "h
             return augmented(params, y[0], t, probes)
 
         y0 = (x, jnp.zeros((x.shape[0],), jnp.float32))
-        f0 = vector_field(jnp.float32(t0), y0, None)
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(vector_field), ode_solver, t0=t0, t1=1.0, dt0=dt0, y0=y0,
-            saveat=diffrax.SaveAt(t1=True),
-            stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-            max_steps=max_steps, throw=False,
-            # (first_step=False, f(t0, y0)): no hidden re-evaluation, so the count is exact.
-            solver_state=(jnp.array(False), f0))
-        success = sol.result == diffrax.RESULTS.successful
-        z, delta_logp = sol.ys[0][0], sol.ys[1][0]
+        (z, delta_logp), nfe, success = ode.solve_adaptive(
+            vector_field, y0, t0=t0, t1=1.0, solver=solver, rtol=rtol, atol=atol,
+            max_steps=max_steps, dt0=dt0)
         prior_logp = jax.vmap(prior_logp_fn)(z)
         nan = jnp.float32(jnp.nan)
-        nfe = init_evals + evals_per_step * jnp.asarray(sol.stats["num_steps"], jnp.int32)
         return LogLikelihood(
             log_likelihood=jnp.where(success, prior_logp + delta_logp, nan),
             prior_logp=jnp.where(success, prior_logp, nan),
             delta_logp=jnp.where(success, delta_logp, nan),
             z=jnp.where(success, z, nan),
-            nfe=nfe.astype(jnp.int32),
+            nfe=nfe,
             success=success)
 
     return jax.jit(fn)

@@ -20,11 +20,6 @@ FIXED_STEP_METHODS = ("euler", "heun", "ddim")
 ADAPTIVE_SOLVERS = Registry("adaptive ODE solver")
 ADAPTIVE_SOLVERS.register("tsit5")(diffrax.Tsit5)
 ADAPTIVE_SOLVERS.register("dopri5")(diffrax.Dopri5)
-# Both are 7-stage first-same-as-last schemes: one evaluation at the start, then 6 new
-# evaluations per attempted step (accepted or rejected). The start's evaluation is done here and
-# handed to diffrax as the solver state; left to diffrax, it would be redone on every retry of a
-# rejected first step. A test checks the count against real calls.
-_FSAL_NEW_EVALS_PER_STEP = 6
 
 
 class ODESolution(NamedTuple):
@@ -89,42 +84,69 @@ def make_fixed_step_solver(sde, score_fn, *, num_steps: int, method: str = "eule
     return solve
 
 
+def solve_adaptive(vector_field, y0, *, t0: float, t1: float, args=None, solver: str = "tsit5",
+                   rtol: float = 1e-5, atol: float = 1e-5, max_steps: int = 4096,
+                   dt0: Optional[float] = None):
+    """Integrates dy/dt = vector_field(t, y, args) from t0 to t1 with an adaptive diffrax solver.
+
+    The one adaptive solve of udm, shared by sampling (`make_adaptive_solver`) and likelihoods
+    (`udm.likelihood`); y may be any pytree. The evaluation at (t0, y0) is done here and handed
+    to diffrax as its first-same-as-last solver state (left to diffrax, it would be redone on
+    every retry of a rejected first step), so the count is exact:
+    nfe = 1 + (stages - 1) x (attempted steps) for Tsit5 / Dopri5 (7 stages).
+
+    Args:
+      vector_field: `(t, y, args) -> dy/dt`, a pytree like y.
+      y0: the state at t0.
+      t0, t1: start and end (either order).
+      solver: "tsit5" or "dopri5" (5th order, embedded 4th-order error estimate).
+      rtol, atol: tolerances of the PID step-size controller.
+      max_steps: step limit (accepted + rejected).
+      dt0: first step size, default (t1 - t0) / 100; given, so no evaluations are spent on
+        choosing it.
+    Returns:
+      (y1, nfe int32, success bool). y1 is whatever diffrax stopped at when success is False.
+    """
+    solver_obj = ADAPTIVE_SOLVERS.get(solver)()
+    tableau = solver_obj.tableau
+    if not tableau.fsal:
+        raise ValueError(f"solver {solver!r} is not first-same-as-last; the NFE count assumes it")
+    dt0 = (t1 - t0) / 100 if dt0 is None else dt0
+    # FSAL state (first_step=False, f(t0, y0)); diffrax's reversed-time wrapper leaves the
+    # vector field's sign alone, so this is right in both directions.
+    f0 = vector_field(jnp.float32(t0), y0, args)
+    sol = diffrax.diffeqsolve(diffrax.ODETerm(vector_field), solver_obj, t0, t1, dt0, y0,
+                              args=args, stepsize_controller=diffrax.PIDController(rtol=rtol,
+                                                                                   atol=atol),
+                              max_steps=max_steps, saveat=diffrax.SaveAt(t1=True), throw=False,
+                              solver_state=(jnp.array(False), f0))
+    new_evals_per_step = len(tableau.c)  # stages - 1
+    nfe = (1 + new_evals_per_step * jnp.asarray(sol.stats["num_steps"], jnp.int32))
+    y1 = jax.tree.map(lambda leaf: leaf[0], sol.ys)
+    return y1, nfe.astype(jnp.int32), sol.result == diffrax.RESULTS.successful
+
+
 def make_adaptive_solver(sde, score_fn, *, solver: str = "tsit5", rtol: float = 1e-5,
                          atol: float = 1e-5, max_steps: int = 4096, t0: float = 1.0,
                          t1: Optional[float] = None, dt0: Optional[float] = None):
-    """Builds `solve(params, x) -> ODESolution` with an adaptive diffrax solver.
+    """Builds `solve(params, x) -> ODESolution` of the probability-flow ODE by `solve_adaptive`.
 
     A solve that fails (e.g. reaches `max_steps`) returns success=False and an all-NaN x, so a
     failed solve can never pass for a sample; `check_success` raises on it host-side.
 
     Args:
-      solver: "tsit5" or "dopri5" (5th-order, embedded 4th-order error estimate).
-      rtol, atol: tolerances of the PID step-size controller.
-      max_steps: step limit (accepted + rejected).
+      solver, rtol, atol, max_steps, dt0: as in `solve_adaptive`.
       t0, t1: start and end times; t1 defaults to sde.t_min.
-      dt0: first step size (default (t1 - t0) / 100); given, so no evaluations are spent on
-        choosing it. nfe = 1 + 6 x (attempted steps), exactly.
     """
-    solver_obj = ADAPTIVE_SOLVERS.get(solver)()
+    ADAPTIVE_SOLVERS.get(solver)  # fail on an unknown name when building, not when tracing
     t1 = sde.t_min if t1 is None else t1
-    dt0 = (t1 - t0) / 100 if dt0 is None else dt0
     drift = probability_flow_drift(sde, score_fn)
-    term = diffrax.ODETerm(lambda t, x, params: drift(params, x, t))
-    controller = diffrax.PIDController(rtol=rtol, atol=atol)
 
     def solve(params, x):
-        # FSAL state (first_step=False, f(t0, x)); diffrax's reversed-time wrapper leaves the
-        # vector field's sign alone, so this is right in both directions.
-        f0 = drift(params, x, jnp.float32(t0))
-        sol = diffrax.diffeqsolve(term, solver_obj, t0, t1, dt0, x, args=params,
-                                  stepsize_controller=controller, max_steps=max_steps,
-                                  saveat=diffrax.SaveAt(t1=True), throw=False,
-                                  solver_state=(jnp.array(False), f0))
-        success = sol.result == diffrax.RESULTS.successful
-        attempted = sol.stats["num_steps"]
-        nfe = (1 + _FSAL_NEW_EVALS_PER_STEP * attempted).astype(jnp.int32)
-        end = jnp.where(success, sol.ys[0], jnp.nan)
-        return ODESolution(end.astype(x.dtype), nfe, success)
+        end, nfe, success = solve_adaptive(
+            lambda t, y, p: drift(p, y, t), x, t0=t0, t1=t1, args=params, solver=solver,
+            rtol=rtol, atol=atol, max_steps=max_steps, dt0=dt0)
+        return ODESolution(jnp.where(success, end, jnp.nan).astype(x.dtype), nfe, success)
 
     return solve
 

@@ -45,8 +45,7 @@ def eps_fn_from_x0_predictor(process, predictor: Callable) -> EpsFn:
         `eps_fn(params, x_t [B, ...], t) -> [B, ...]`, valid for t >= 1.
     """
     def eps_fn(params, xt, t):
-        x0_hat = predictor(params, xt, t)
-        return (xt - process.alpha_bar[t] * x0_hat) / process.beta_bar[t]
+        return process.invert(t, predictor(params, xt, t), xt)
 
     return eps_fn
 
