@@ -53,6 +53,13 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler.eta = 0.0              # DDIM noise scale (ddim only); 1 = DDPM's variance
     c.sampler.spacing = "uniform"    # sub-sequence of {1..T}: "uniform" or "quadratic"
     c.sampler.clip_x0 = True         # clip each x_0 estimate to the data range [-1, 1]
+    # Reverse variance of each ddpm/ddim step (spec 04): "fixed_small" (DDPM's posterior
+    # variance, eta-scaled: the plain sampler), "fixed_large" (1 - alpha_bar_t^2/alpha_bar_s^2),
+    # "analytic" (Analytic-DPM), "ml_isotropic" (V5), "npr" / "sn" (need config.variance.head).
+    c.sampler.variance = "fixed_small"
+    c.sampler.clip_pixel = 2.0       # non-fixed_small: the step into x_{tau_1} has mean |noise|
+                                     # <= clip_pixel levels of 2/255 (0: off); last step mean-only
+    c.sampler.clip_sigma_idx = 1     # pixel clip on the steps into x_{tau_i}, 0 < i <= this
     # Continuous-time samplers (udm.sde_samplers): "em", "pc", "ode_euler", "ode_heun",
     # "ode_ddim", "ode_adaptive"; their hyperparameters:
     c.sampler.noise_scale = 1.0      # em: sigma_t = noise_scale g_t (0: probability-flow Euler)
@@ -62,6 +69,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler.rtol = 1e-5            # ode_adaptive tolerances
     c.sampler.atol = 1e-5
     c.sampler.max_steps = 4096       # ode_adaptive step limit (a solve that hits it fails loudly)
+
+    c.variance = ml_collections.ConfigDict()  # optimal reverse variances (udm.variance)
+    c.variance.head = ""             # "npr" or "sn": train a variance head after the mean model
+    c.variance.head_steps = 1500     # its training steps (the mean model stays frozen)
+    c.variance.head_learning_rate = 1e-3
+    c.variance.head_width = 32
+    c.variance.mc_samples = 512      # analytic / ml_isotropic: Monte Carlo examples per t
+    c.variance.mc_batch_size = 256
 
     c.eval = ml_collections.ConfigDict()
     c.eval.enabled = True

@@ -24,6 +24,7 @@ from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from configs import sde_digits
+from experiments.common import batched, write_json
 from udm import evaluate as eval_lib
 from udm import likelihood, metrics, train
 from udm.sde import network_score_fn
@@ -60,17 +61,6 @@ def _sampler_runs():
             ("ode_adaptive", None)]
 
 
-def _batched(fn, x, batch_size):
-    """Applies fn to x in equal batches (the last one padded by repetition)."""
-    outs = []
-    for start in range(0, len(x), batch_size):
-        chunk = x[start:start + batch_size]
-        pad = batch_size - len(chunk)
-        chunk = np.concatenate([chunk, chunk[:pad]]) if pad else chunk
-        outs.append(jax.device_get(fn(chunk)))
-    return outs
-
-
 def bits_per_dim(config, exp, params, images: np.ndarray, *, key) -> dict:
     """ODE NLL and VLB of `images` (in bits/dim), with the probability-flow NFE per batch."""
     sde = exp.process
@@ -84,7 +74,7 @@ def bits_per_dim(config, exp, params, images: np.ndarray, *, key) -> dict:
         solver="tsit5", rtol=_RTOL.value, atol=_RTOL.value)
     deq_key, probe_key, vlb_key = jax.random.split(key, 3)
     nll, nfes = [], []
-    for i, out in enumerate(_batched(
+    for i, out in enumerate(batched(
             lambda x: nll_fn(params, likelihood.dequantize(x, NUM_LEVELS, key=deq_key),
                              key=probe_key), images, batch)):
         if not bool(out.success):
@@ -103,7 +93,7 @@ def bits_per_dim(config, exp, params, images: np.ndarray, *, key) -> dict:
     vlb = jax.jit(lambda x: likelihood.variational_bound(
         alpha_bar, beta_bar, x0_fn, x, key=vlb_key, decoder="discretized",
         num_levels=NUM_LEVELS, prior_std=sde.prior_std).total)
-    total = np.concatenate(_batched(vlb, images, batch))[:len(images)]
+    total = np.concatenate(batched(vlb, images, batch))[:len(images)]
     vlb_bpd = likelihood.vlb_bits_per_dim(total, dim)
     return dict(nll_bpd=float(np.mean(ode_bpd)),
                 nll_bpd_sem=float(np.std(ode_bpd) / np.sqrt(len(ode_bpd))),
@@ -149,9 +139,7 @@ def run_model(kind: str, classifier, reference) -> dict:
     bpd["seconds"] = time.perf_counter() - start
     result = dict(sde=kind, train_steps=config.train.num_steps, train_seconds=train_seconds,
                   num_samples=n, nll_examples=len(images), rows=rows, bits_per_dim=bpd)
-    with open(rows_path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(rows_path + ".tmp", rows_path)
+    write_json(rows_path, result)
     return result
 
 

@@ -85,3 +85,46 @@ def test_command_line_smoke_run(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "| ddim (eta=0) | 3 |" in done.stdout
     assert (tmp_path / "samples.png").exists() and (tmp_path / "checkpoints" / "2").exists()
+
+
+@pytest.mark.parametrize("variant", ["", "smoke"])
+def test_variance_head_configs_validate(variant):
+    from configs import npr_digits, sn_digits
+    for module, kind in ((npr_digits, "npr"), (sn_digits, "sn")):
+        config = module.get_config(variant)
+        assert config.variance.head == config.sampler.variance == kind
+        train_lib.validate_config(config)
+
+
+@pytest.mark.parametrize("module,fields,message", [
+    (ddpm_digits, {"sampler.variance": "optimal"},
+     r"config\.sampler\.variance must be one of fixed_small, fixed_large, analytic, "
+     r"ml_isotropic, npr, sn, got 'optimal'"),
+    (ddpm_digits, {"sampler.variance": "npr"},
+     r"config\.sampler\.variance='npr' needs a trained head: set config\.variance\.head='npr'"),
+    (ddpm_digits, {"sampler.variance": "sn", "variance.head": "npr"},
+     r"config\.sampler\.variance='sn' needs a trained head: set config\.variance\.head='sn' "
+     r"\(got 'npr'\)"),
+    (ddpm_digits, {"variance.head": "nll"}, r"config\.variance\.head must be '' or one of"),
+    (ddpm_digits, {"sampler.variance": "analytic", "sampler.name": "baseline"},
+     r"config\.sampler\.variance='analytic' works with the ddpm and ddim samplers only, "
+     r"got \['baseline'\]"),
+    (ddpm_digits, {"sampler.variance": "fixed_large", "eval.samplers": ("ddim", "baseline")},
+     r"config\.sampler\.variance='fixed_large' works with the ddpm and ddim samplers only"),
+    (sde_digits, {"sampler.variance": "analytic"},
+     r"config\.sampler\.variance / config\.variance\.head apply to the discrete Gaussian "
+     r"process, got process 'sde'"),
+    (sde_digits, {"variance.head": "sn"}, r"apply to the discrete Gaussian process"),
+    (ddpm_digits, {"variance.mc_samples": 100, "variance.mc_batch_size": 64},
+     r"config\.variance\.mc_samples must be a positive multiple of "
+     r"config\.variance\.mc_batch_size, got 100 and 64"),
+    (ddpm_digits, {"sampler.clip_pixel": -1.0}, r"config\.sampler\.clip_pixel must be >= 0"),
+])
+def test_variance_config_errors_name_the_field(module, fields, message):
+    config = module.get_config()
+    train_lib.validate_config(config)                    # valid before the change
+    for dotted, value in fields.items():
+        section, leaf = dotted.split(".")
+        config[section][leaf] = value
+    with pytest.raises(ValueError, match=message):
+        train_lib.validate_config(config)

@@ -127,3 +127,94 @@ def test_sde_smoke_train_and_evaluate(tmp_path):
     assert all(np.isfinite(r["fd"]) for r in results["rows"])
     for name in ["samples.png", "samples_em_5.png", "samples_ode_adaptive.png"]:
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+# --- optimal reverse variances (spec 04): NPR / SN heads and the analytic sigma_bar -------------
+
+def _head_smoke(module, **overrides):
+    config = module.get_config("smoke")
+    config.train.progress_bar = False
+    config.eval.samplers = ("ddpm",)            # the primary sampler only: one row, faster
+    for dotted, value in overrides.items():
+        section, leaf = dotted.split(".")
+        config[section][leaf] = value
+    return config
+
+
+def _lines(path):
+    return open(path).read().splitlines()
+
+
+def test_npr_head_smoke_trains_evaluates_and_resumes_without_retraining(tmp_path):
+    from configs import npr_digits
+    config = _head_smoke(npr_digits)
+    results = train_lib.train_and_evaluate(config, str(tmp_path))
+    head_dir = tmp_path / "variance_head"
+    head_ckpt = ckpt_lib.Checkpointer(str(head_dir / "checkpoints"))
+    assert head_ckpt.latest_step() == config.variance.head_steps == 4
+    assert ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).latest_step() == 4
+    head_log = [json.loads(line) for line in _lines(head_dir / "metrics.jsonl")]
+    assert [m["step"] for m in head_log] == [2, 4] and all(np.isfinite(m["loss"]) for m in head_log)
+    saved = json.load(open(tmp_path / "results.json"))
+    assert [r["samples"] for r in saved["rows"]] == ["real digits", "ddpm, npr variance"]
+    assert [r["samples"] for r in results["rows"]] == [r["samples"] for r in saved["rows"]]
+    assert all(np.isfinite(r["fd"]) for r in saved["rows"])
+    assert (tmp_path / "samples_ddpm_5.png").stat().st_size > 0
+    # Rerun: both stages resume at their last step (nothing retrained, no new log lines) and
+    # the head is restored for sampling: the same samples, so the same scores.
+    mean_log_before = _lines(tmp_path / "metrics.jsonl")
+    head_log_before = _lines(head_dir / "metrics.jsonl")
+    again = train_lib.train_and_evaluate(config, str(tmp_path))
+    assert ckpt_lib.Checkpointer(str(head_dir / "checkpoints")).all_steps() == [2, 4]
+    assert _lines(head_dir / "metrics.jsonl") == head_log_before
+    assert _lines(tmp_path / "metrics.jsonl") == mean_log_before
+    assert [r["fd"] for r in again["rows"]] == [r["fd"] for r in saved["rows"]]
+
+
+def test_sn_head_smoke_resumes_the_head_stage(tmp_path):
+    # Stage 2 stopped at step 2 (eval off), then the full run: the head resumes at step 2 and
+    # trains to 4 (one new log line), the mean model is not touched.
+    from configs import sn_digits
+    train_lib.train_and_evaluate(_head_smoke(sn_digits, **{"variance.head_steps": 2,
+                                                           "eval.enabled": False}), str(tmp_path))
+    head_dir = tmp_path / "variance_head"
+    assert ckpt_lib.Checkpointer(str(head_dir / "checkpoints")).all_steps() == [2]
+    assert not (tmp_path / "results.json").exists()
+    mean_log = _lines(tmp_path / "metrics.jsonl")
+    results = train_lib.train_and_evaluate(_head_smoke(sn_digits), str(tmp_path))
+    # (a fresh Checkpointer: orbax caches the step listing of an open one)
+    assert ckpt_lib.Checkpointer(str(head_dir / "checkpoints")).all_steps() == [2, 4]
+    assert [json.loads(line)["step"] for line in _lines(head_dir / "metrics.jsonl")] == [2, 4]
+    assert _lines(tmp_path / "metrics.jsonl") == mean_log
+    saved = json.load(open(tmp_path / "results.json"))
+    assert [r["samples"] for r in saved["rows"]] == ["real digits", "ddpm, sn variance"]
+    assert [r["samples"] for r in results["rows"]] == [r["samples"] for r in saved["rows"]]
+    assert all(np.isfinite(r["fd"]) for r in saved["rows"])
+
+
+def test_analytic_variance_smoke_caches_sigma_bar(tmp_path, monkeypatch):
+    from udm import variance
+    config = _smoke(**{"sampler.variance": "analytic", "eval.samplers": ("ddim",),
+                       "variance.mc_samples": 64, "variance.mc_batch_size": 32})
+    results = train_lib.train_and_evaluate(config, str(tmp_path))
+    assert [r["samples"] for r in results["rows"]] == ["real digits",
+                                                      "ddim (eta=0), analytic variance"]
+    assert all(np.isfinite(r["fd"]) for r in results["rows"])
+    cached = sorted((tmp_path / "variance").glob("analytic_step*.npz"))
+    assert [p.name for p in cached] == ["analytic_step4.npz"]
+    with np.load(cached[0]) as f:
+        times, sigma_bar = f["timesteps"], f["sigma_bar"]
+        assert int(f["mc_samples"]) == 64
+    np.testing.assert_array_equal(times, [200, 400, 600, 800, 1000])   # the K = 5 grid
+    assert sigma_bar[0] == 0 and np.all(np.isfinite(sigma_bar[times]))
+    assert np.all((sigma_bar[times] >= 0) & (sigma_bar[times] <= 1))   # max_var = 1
+    # Second run: the cache is read, not recomputed (estimation would raise) nor rewritten.
+    mtime = cached[0].stat().st_mtime_ns
+
+    def no_estimate(*args, **kwargs):
+        raise AssertionError("sigma_bar was re-estimated despite the cache")
+
+    monkeypatch.setattr(variance, "estimate_sigma_bar", no_estimate)
+    again = train_lib.train_and_evaluate(config, str(tmp_path))
+    assert cached[0].stat().st_mtime_ns == mtime
+    assert [r["fd"] for r in again["rows"]] == [r["fd"] for r in results["rows"]]

@@ -314,3 +314,42 @@ def test_sampling_with_the_analytic_sigma_bar_reproduces_the_data_variance(name,
     n = x_T.size
     assert errors["analytic"] < 5 * np.sqrt(2 / n) + 0.01, errors   # MC + Gamma estimation
     assert errors["plain"] > 3 * errors["analytic"], errors
+
+
+@pytest.mark.parametrize("bin_width", [None, 2.0 / 16])
+def test_optimal_trajectory_is_the_brute_force_minimum(bin_width):
+    """The dynamic programme's K-step sequence minimises J over every sequence (T = 12 exhaustive)."""
+    import itertools
+    small = GaussianProcess.from_schedule("blog", 12)
+    ab, bb = (np.asarray(v, np.float64) for v in (small.alpha_bar, small.beta_bar))
+    sb2 = S ** 2 * bb ** 2 / (ab ** 2 * S ** 2 + bb ** 2)          # exact Var[x_0|x_t]
+    cost, decoder = variance.trajectory_costs(small, sb2, bin_width=bin_width)
+
+    def objective(tau):
+        return decoder[tau[0]] + sum(cost[s, t] for s, t in zip(tau[:-1], tau[1:]))
+
+    for k in (1, 2, 3, 5, 12):
+        best = min(objective(c + (12,)) for c in itertools.combinations(range(1, 12), k - 1))
+        tau = variance.optimal_trajectory(small, sb2, k, bin_width=bin_width)
+        assert tau.shape == (k,) and tau[-1] == 12 and np.all(np.diff(tau) > 0)
+        np.testing.assert_allclose(objective(tuple(tau)), best, rtol=1e-12)
+        # ... and beats (or ties) the uniform sub-sequence, and time_grid accepts it.
+        assert objective(tuple(tau)) <= objective(tuple(time_grid(12, k)[::-1, 0])) + 1e-12
+        np.testing.assert_array_equal(time_grid(12, k, tau)[::-1, 0], tau)
+
+
+def test_trajectory_cost_is_the_kl_of_the_optimal_step():
+    """cost[s, t] = 1/2 log(var* / lambda^2) with var* the corrected DDPM variance (V1)."""
+    ab, bb = (np.asarray(v, np.float64) for v in (P.alpha_bar, P.beta_bar))
+    sb2 = S ** 2 * bb ** 2 / (ab ** 2 * S ** 2 + bb ** 2)
+    cost, _ = variance.trajectory_costs(P, sb2)
+    grid = time_grid(T, 10)
+    var = np.asarray(variance.corrected_reverse_var(P, grid, jnp.asarray(np.sqrt(sb2), jnp.float32),
+                                                    eta=1.0), np.float64)
+    lam2, _ = variance.step_coefficients(P, grid, 1.0)
+    t, s = grid[:-1, 0], grid[:-1, 1]                              # steps with s >= 1
+    np.testing.assert_allclose(cost[s, t], 0.5 * np.log(var[:-1] / np.asarray(lam2)[:-1]),
+                               rtol=2e-3)
+    assert np.isinf(cost[0]).all() and np.isinf(cost[5, 5]) and np.isinf(cost[6, 5])
+    with pytest.raises(ValueError, match="every t"):
+        variance.trajectory_costs(P, np.full(T + 1, np.nan))

@@ -9,14 +9,14 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from udm import metrics, parallel
-from udm.samplers import make_sampler, network_predictor
+from udm import metrics, parallel, variance, variance_heads
+from udm.samplers import make_sampler, network_predictor, time_grid
 from udm.sde import SDE, network_score_fn
 from udm.sde_samplers import SampleOutput, SamplerOptions, make_continuous_sampler
 
@@ -49,12 +49,60 @@ def generate(sample_fn, params, priors: list, *, num_samples: int, key):
     return np.concatenate(chunks)[:num_samples], (float(np.mean(nfes)) if nfes else None)
 
 
-def make_eval_sampler(config, process, eval_apply, name: str, num_steps: int):
+class HeadModel(NamedTuple):
+    """A trained NPR / SN variance head (udm.variance_heads) for the sampler."""
+    kind: str
+    features_fn: Callable
+    head_apply: Callable
+    params: Any
+
+
+def sampler_eta(config, name: str) -> float:
+    """The eta a discrete sampler runs with: 1 for ddpm, config.sampler.eta for ddim."""
+    return {"ddpm": 1.0, "ddim": config.sampler.eta}.get(name, 0.0)
+
+
+def estimate_sigma_bar(config, workdir: str, *, process, eval_apply, params, data,
+                       timesteps: np.ndarray, key) -> Optional[Any]:
+    """The [T + 1] sigma_bar of config.sampler.variance (analytic / ml_isotropic), else None.
+
+    The Monte Carlo moments (config.variance.mc_samples per t over the training images) are
+    cached in workdir/variance/ next to the checkpoints and reused when the variance name, the
+    timesteps and the sample count match (delete the file after retraining in place).
+    """
+    name, vc = config.sampler.variance, config.variance
+    if name not in ("analytic", "ml_isotropic"):
+        return None
+    path = os.path.join(workdir, "variance", f"{name}_step{config.train.num_steps}.npz")
+    timesteps = np.asarray(sorted(set(int(t) for t in timesteps)), np.int32)
+    if os.path.exists(path):
+        cached = np.load(path)
+        if (np.array_equal(cached["timesteps"], timesteps)
+                and int(cached["mc_samples"]) == vc.mc_samples):
+            return jax.numpy.asarray(cached["sigma_bar"])
+    eps_fn = variance.eps_fn_from_x0_predictor(process, network_predictor(process, eval_apply))
+    sigma_bar = variance.estimate_sigma_bar(
+        name, process, eps_fn, params, data, timesteps, key=key, num_samples=vc.mc_samples,
+        batch_size=vc.mc_batch_size, max_var=1.0)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path + ".tmp.npz", timesteps=timesteps, mc_samples=vc.mc_samples,
+             sigma_bar=np.asarray(sigma_bar))
+    os.replace(path + ".tmp.npz", path)
+    return sigma_bar
+
+
+def make_eval_sampler(config, process, eval_apply, name: str, num_steps: int, *,
+                      sigma_bar=None, head: Optional[HeadModel] = None, spacing=None):
     """The sampler of one table row: discrete (udm.samplers) or continuous-time (udm.sde_samplers).
 
     Continuous-time samples are clipped to the data range [-1, 1] when config.sampler.clip_x0.
+    A discrete ddpm / ddim row runs with config.sampler.variance (spec 04): sigma_bar is the
+    [T + 1] table of analytic / ml_isotropic (`estimate_sigma_bar`), head the NPR / SN head
+    (the sampler's params are then {"mean": ..., "head": ...}). spacing overrides
+    config.sampler.spacing (e.g. with an explicit sub-sequence from optimal_trajectory).
     """
     sc = config.sampler
+    spacing = sc.spacing if spacing is None else spacing
     if isinstance(process, SDE):
         options = SamplerOptions(noise_scale=sc.noise_scale, snr=sc.snr,
                                  corrector_steps=sc.corrector_steps, solver=sc.solver,
@@ -69,14 +117,34 @@ def make_eval_sampler(config, process, eval_apply, name: str, num_steps: int):
             return out._replace(x0=jax.numpy.clip(out.x0, -1.0, 1.0))
 
         return clipped
-    predictor = network_predictor(process, eval_apply, clip=1.0 if sc.clip_x0 else None)
-    eta = sc.eta if name == "ddim" else 0.0
+    clip = 1.0 if sc.clip_x0 else None
+    predictor = network_predictor(process, eval_apply, clip=clip)
+    eta = sampler_eta(config, name)
+    if sc.variance == "fixed_small":
+        return make_sampler(process, predictor, num_steps=num_steps, name=name, eta=eta,
+                            spacing=spacing)
+    grid = time_grid(process.num_timesteps, num_steps, spacing)
+    cap = variance.std_cap(process, grid, eta=eta, clip_pixel=sc.clip_pixel or None,
+                           clip_sigma_idx=sc.clip_sigma_idx)
+    table = None
+    if sc.variance in variance.HEAD_VARIANCES:
+        if head is None or head.kind != sc.variance:
+            raise ValueError(f"config.sampler.variance={sc.variance!r} needs a trained "
+                             f"{sc.variance} head (config.variance.head)")
+        predictor = variance_heads.head_predictor(process, head.features_fn, head.head_apply,
+                                                  kind=head.kind, clip=clip, max_var=1.0)
+    else:
+        table = variance.sampling_sigma_bar(sc.variance, process, grid, eta=eta,
+                                            sigma_bar=sigma_bar)
     return make_sampler(process, predictor, num_steps=num_steps, name=name, eta=eta,
-                        spacing=sc.spacing)
+                        spacing=spacing, sigma_bar=table, std_cap=cap)
 
 
 def sampler_label(config, name: str) -> str:
     """How a sampler row is named in the table."""
+    if name in ("ddpm", "ddim") and config.sampler.variance != "fixed_small":
+        base = "ddpm" if name == "ddpm" else f"ddim (eta={config.sampler.eta:g})"
+        return f"{base}, {config.sampler.variance} variance"
     if name == "ddim":
         return f"ddim (eta={config.sampler.eta:g})"
     if name == "em" and config.sampler.noise_scale != 1.0:
@@ -128,8 +196,11 @@ def markdown_table(rows: List[Dict[str, Any]]) -> str:
 
 
 def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh,
-             sample_key) -> Dict[str, Any]:
-    """Samples with every (sampler, K) of config.eval, scores them, writes results.md/json."""
+             sample_key, head: Optional[HeadModel] = None) -> Dict[str, Any]:
+    """Samples with every (sampler, K) of config.eval, scores them, writes results.md/json.
+
+    head: the trained NPR / SN head when config.sampler.variance is "npr" / "sn".
+    """
     ec = config.eval
     held_out = dataset.test_images
     classifier = reference = None
@@ -162,10 +233,20 @@ def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh
     prior_key, noise_key = jax.random.split(sample_key)
     priors = draw_priors(process, num_samples=n, batch_size=ec.batch_size,
                          image_shape=held_out.shape[1:], key=prior_key, mesh=mesh)
+    sigma_bar, sample_params = None, params
+    if not isinstance(process, SDE):
+        grid_times = np.concatenate([time_grid(process.num_timesteps, k, config.sampler.spacing)[:, 0]
+                                     for _, k in runs])
+        sigma_bar = estimate_sigma_bar(config, workdir, process=process, eval_apply=eval_apply,
+                                       params=params, data=dataset.train_images,
+                                       timesteps=grid_times, key=jax.random.fold_in(sample_key, 7))
+        if head is not None and config.sampler.variance == head.kind:
+            sample_params = {"mean": params, "head": head.params}
     for name, k in tqdm(runs, desc="sample", unit="run", disable=not config.train.progress_bar):
-        sample_fn = make_eval_sampler(config, process, eval_apply, name, k or 0)
+        sample_fn = make_eval_sampler(config, process, eval_apply, name, k or 0,
+                                      sigma_bar=sigma_bar, head=head)
         start = time.perf_counter()
-        samples, nfe = generate(sample_fn, params, priors, num_samples=n, key=noise_key)
+        samples, nfe = generate(sample_fn, sample_params, priors, num_samples=n, key=noise_key)
         seconds = time.perf_counter() - start
         label = sampler_label(config, name)
         rows.append(dict(samples=label, steps=k, nfe=nfe if nfe is not None else k,

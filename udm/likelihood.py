@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from udm import ode
+from udm.samplers import Estimate
 from udm.sde import SDE
 
 Array = Any
@@ -382,6 +383,13 @@ class Bound(NamedTuple):
     decoder: Array
 
 
+def _split_estimate(out):
+    """(x0_hat, std) from an x0_fn output: an Estimate or a bare x0_hat (std None)."""
+    if isinstance(out, Estimate):
+        return out.x0, out.std
+    return out, None
+
+
 def variational_bound(alpha_bar: Array, beta_bar: Array, x0_fn: Callable, x0: Array, *, key,
                       decoder: str = "discretized", num_levels: Optional[int] = None,
                       reverse_var: Optional[Array] = None, prior_std: float = 1.0) -> Bound:
@@ -406,7 +414,10 @@ def variational_bound(alpha_bar: Array, beta_bar: Array, x0_fn: Callable, x0: Ar
     Args:
         alpha_bar: float32 [K + 1] signal coefficients of q(x_i|x_0); alpha_bar[0] = 1.
         beta_bar: float32 [K + 1] noise stds; beta_bar[0] = 0 (index 0 is the data).
-        x0_fn: `x0_fn(x_i [B, ...], i int32 scalar) -> x0_hat [B, ...]` for i >= 1.
+        x0_fn: `x0_fn(x_i [B, ...], i int32 scalar) -> x0_hat [B, ...]` for i >= 1, or an
+            `udm.samplers.Estimate(x0_hat, std)`: then p(x_{i-1}|x_i) has the (diagonal,
+            state-dependent) variance sigma_tilde_i^2 + c_0^2 std^2 and the decoder std^2,
+            as the DDPM sampler with that estimate (NPR-DPM / SN-DPM); reverse_var must be None.
         x0: [B, ...] data (on the grid of `num_levels` values for the discretised decoder).
         key: PRNG key.
         decoder: "discretized" (DDPM's discretised Gaussian over bins of width 2/(L-1), edges
@@ -447,14 +458,18 @@ def variational_bound(alpha_bar: Array, beta_bar: Array, x0_fn: Callable, x0: Ar
     # Diffusion terms i = 2..K, one lax.scan step each (one x0_fn call on the batch).
     def kl_term(total, i):
         x_i = sample_x(i)
-        x0_hat = x0_fn(x_i, i)
+        x0_hat, std = _split_estimate(x0_fn(x_i, i))
         ab_i, ab_prev = alpha_bar[i], alpha_bar[i - 1]
         bb2_i, bb2_prev = beta_bar[i] ** 2, beta_bar[i - 1] ** 2
         a = ab_i / ab_prev
         v = bb2_i - a ** 2 * bb2_prev
         var_q = bb2_prev * v / bb2_i
-        var_p = var_q if reverse_var is None else reverse_var[i]
         c_0 = ab_prev * v / bb2_i
+        var_p = var_q if reverse_var is None else reverse_var[i]
+        if std is not None:  # the estimate's own variance, through the x_0 coefficient (V1)
+            if reverse_var is not None:
+                raise ValueError("x0_fn returned an Estimate with its own std: pass no reverse_var")
+            var_p = var_q + c_0 ** 2 * std ** 2
         # The c_x x_i parts of the two means cancel in the KL.
         kl = _sum_trailing(gaussian_kl(c_0 * x0, var_q, c_0 * x0_hat, var_p))
         return total + kl, None
@@ -464,8 +479,10 @@ def variational_bound(alpha_bar: Array, beta_bar: Array, x0_fn: Callable, x0: Ar
 
     # Decoder -log p(x_0 | x_1).
     one = jnp.int32(1)
-    x0_hat = x0_fn(sample_x(one), one)
+    x0_hat, std = _split_estimate(x0_fn(sample_x(one), one))
     var_1 = (beta_bar[1] / alpha_bar[1]) ** 2 if reverse_var is None else reverse_var[1]
+    if std is not None:
+        var_1 = std ** 2
     if decoder == "discretized":
         log_p = discretized_gaussian_log_likelihood(x0, mean=x0_hat, std=jnp.sqrt(var_1),
                                                     num_levels=num_levels)

@@ -41,17 +41,30 @@ def quadratic_spacing(num_timesteps: int, num_steps: int) -> np.ndarray:
     return tau.astype(np.int32)
 
 
-def time_grid(num_timesteps: int, num_steps: int, spacing: str = "uniform") -> np.ndarray:
+def time_grid(num_timesteps: int, num_steps: int, spacing="uniform") -> np.ndarray:
     """The sampling grid as pairs (t, s), from the top step down: [[tau_K, tau_{K-1}], ..., [tau_1, 0]].
+
+    Args:
+      num_timesteps: T.
+      num_steps: K in [1, T].
+      spacing: a SPACINGS name, or the sub-sequence itself: K increasing ints tau_1 < ... <
+        tau_K = T in [1, T] (e.g. `udm.variance.optimal_trajectory`).
 
     Returns:
       int32 array [K, 2].
     """
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must be in [1, T={num_timesteps}], got {num_steps}")
-    tau = SPACINGS.get(spacing)(num_timesteps, num_steps)
+    if isinstance(spacing, str):
+        tau = SPACINGS.get(spacing)(num_timesteps, num_steps)
+    else:
+        tau = np.asarray(spacing)
+        if tau.shape != (num_steps,) or not np.issubdtype(tau.dtype, np.integer):
+            raise ValueError(f"an explicit time sequence must be {num_steps} ints, got "
+                             f"{tau.dtype} {tau.shape}")
     if tau[-1] != num_timesteps or np.any(np.diff(tau) <= 0) or tau[0] < 1:
-        raise AssertionError(f"spacing {spacing!r} produced an invalid grid {tau}")
+        raise ValueError(f"time sequence must increase strictly from >= 1 to T={num_timesteps}, "
+                         f"got {tau}")
     t = tau[::-1]
     s = np.concatenate([[0], tau[:-1]])[::-1]
     return np.stack([t, s], axis=1).astype(np.int32)
@@ -79,6 +92,17 @@ SAMPLERS.register("ddpm")(_ddpm)
 SAMPLERS.register("baseline")(_baseline)
 
 
+class Estimate(NamedTuple):
+    """What a predictor may return instead of a bare x0_hat: p(x_0 | x_t) ~ N(x0, diag(std^2)).
+
+    std is a scalar or broadcasts against x0 (a state-dependent diagonal std, e.g. from the
+    NPR-DPM / SN-DPM heads of udm.variance_heads). The sampler adds std * N(0, I) to x0, which
+    gives a step t -> s the variance sigma_s^2 + gamma_{t,s}^2 std^2 (spec 04 V1, §3.6).
+    """
+    x0: Array
+    std: Array
+
+
 class SamplerStep(NamedTuple):
     """Per-step inputs of the scan: times t > s and the step index (for fold_in)."""
     t: Array
@@ -88,23 +112,28 @@ class SamplerStep(NamedTuple):
 
 def make_sampler(process, predictor: Predictor, *, num_steps: int, name: str = "ddim",
                  eta: float = 0.0, spacing: str = "uniform",
-                 sigma_bar: Optional[Array] = None, jit: bool = True):
+                 sigma_bar: Optional[Array] = None, std_cap: Optional[Array] = None,
+                 jit: bool = True):
     """Builds `sample(params, x_T, *, key) -> x_0` for any process and predictor.
 
-    Each step (spec 01 A3, B1.2): x0_hat = predictor(params, x_t, t) [+ sigma_bar_t eps'],
+    Each step (spec 01 A3, B1.2): x0_hat = predictor(params, x_t, t) [+ std eps'],
     then x_s = process.correct(t, s, x_t, x0_hat, sigma_tilde=rule(t, s), key=...).
     The K steps run as one lax.scan over a precomputed grid, so the step is traced once
     whatever K is; step keys are fold_in(key, step index).
 
     Args:
       process: a process object (e.g. GaussianProcess).
-      predictor: `(params, x_t [B, ...], t scalar int) -> x0_hat [B, ...]`.
+      predictor: `(params, x_t [B, ...], t scalar int) -> x0_hat [B, ...]`, or an `Estimate`
+        (x0_hat with its own, possibly state-dependent, std).
       num_steps: K, number of network calls, in [1, T].
       name: "ddpm", "ddim" or "baseline" (see SAMPLERS).
       eta: DDIM's scale of the DDPM noise, sigma_s = eta * sigma_s^DDPM (ignored by ddpm/baseline).
-      spacing: "uniform" or "quadratic" sub-sequence of {1..T}.
+      spacing: "uniform" or "quadratic" sub-sequence of {1..T}, or the sequence itself (see
+        `time_grid`).
       sigma_bar: optional [T + 1] std of p(x_0 | x_t) added to the estimate (Analytic-DPM's
-        sigma_bar_t); None means the point estimate.
+        sigma_bar_t); None means the point estimate (or the predictor's own Estimate std).
+      std_cap: optional [T + 1] upper bound on that std at each t (see
+        `udm.variance.std_cap`: 0 makes a step mean-only, a finite value is the pixel clip).
       jit: return a jitted function (default) or the pure one.
     Returns:
       sample(params, x_T, *, key) -> x_0 with the shape of x_T.
@@ -120,10 +149,15 @@ def make_sampler(process, predictor: Predictor, *, num_steps: int, name: str = "
         def body(x, step):
             step_key = jax.random.fold_in(key, step.index)
             estimate_key, correct_key = jax.random.split(step_key)
-            x0_hat = predictor(params, x, step.t)
+            x0_hat, std = predictor(params, x, step.t), None
+            if isinstance(x0_hat, Estimate):
+                x0_hat, std = x0_hat
             if sigma_bar is not None:
-                x0_hat = x0_hat + sigma_bar[step.t] * jax.random.normal(
-                    estimate_key, x.shape, x.dtype)
+                std = sigma_bar[step.t]
+            if std is not None:
+                if std_cap is not None:
+                    std = jnp.minimum(std, std_cap[step.t])
+                x0_hat = x0_hat + std * jax.random.normal(estimate_key, x.shape, x.dtype)
             sigma_tilde = rule(process, step.t, step.s, eta)
             x_next = process.correct(step.t, step.s, x, x0_hat,
                                      sigma_tilde=sigma_tilde, key=correct_key)

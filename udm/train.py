@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from udm import checkpoint as ckpt_lib
 from udm import parallel
 from udm.data import batch_at_step, load_dataset
-from udm import losses
+from udm import losses, variance, variance_heads
 from udm.nn import ATTENTION_SCALES, UNet, count_params
 from udm.processes import LOSS_WEIGHTINGS, PREDICTION_TARGETS, PROCESSES
 from udm.samplers import SAMPLERS, SPACINGS
@@ -88,9 +88,39 @@ def _validate_process_and_samplers(config) -> None:
            f"config.sampler.eta must be in [0, 1], got {config.sampler.eta}")
 
 
+def _validate_variance(config) -> None:
+    sc, vc = config.sampler, config.variance
+    _check(sc.variance in variance.SAMPLING_VARIANCES,
+           f"config.sampler.variance must be one of {', '.join(variance.SAMPLING_VARIANCES)}, "
+           f"got {sc.variance!r}")
+    _check(vc.head in ("",) + variance_heads.HEAD_KINDS,
+           f"config.variance.head must be '' or one of {', '.join(variance_heads.HEAD_KINDS)}, "
+           f"got {vc.head!r}")
+    if sc.variance in variance_heads.HEAD_KINDS:
+        _check(vc.head == sc.variance,
+               f"config.sampler.variance={sc.variance!r} needs a trained head: set "
+               f"config.variance.head={sc.variance!r} (got {vc.head!r})")
+    if sc.variance != "fixed_small" or vc.head:
+        _check(config.process.name == "gaussian",
+               f"config.sampler.variance / config.variance.head apply to the discrete Gaussian "
+               f"process, got process {config.process.name!r}")
+    if sc.variance != "fixed_small":
+        bad = [n for n in (sc.name, *config.eval.samplers) if n not in ("ddpm", "ddim")]
+        _check(not bad, f"config.sampler.variance={sc.variance!r} works with the ddpm and ddim "
+                        f"samplers only, got {bad}")
+    _check(sc.clip_pixel >= 0, f"config.sampler.clip_pixel must be >= 0, got {sc.clip_pixel}")
+    _check(sc.clip_sigma_idx >= 0,
+           f"config.sampler.clip_sigma_idx must be >= 0, got {sc.clip_sigma_idx}")
+    _check(vc.head_steps >= 0, f"config.variance.head_steps must be >= 0, got {vc.head_steps}")
+    _check(vc.mc_samples >= 1 and vc.mc_batch_size >= 1 and vc.mc_samples % vc.mc_batch_size == 0,
+           f"config.variance.mc_samples must be a positive multiple of config.variance."
+           f"mc_batch_size, got {vc.mc_samples} and {vc.mc_batch_size}")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the field for every bad value we can see without running."""
     _validate_process_and_samplers(config)
+    _validate_variance(config)
     ATTENTION_SCALES.get(config.model.attention_scale)
     _check(config.train.num_steps >= 0,
            f"config.train.num_steps must be >= 0, got {config.train.num_steps}")
@@ -220,33 +250,39 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       init_key, train_key, sample_key)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *,
-          experiment: Optional[Experiment] = None) -> TrainState:
-    """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir.
+def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train_key, mesh,
+        images: np.ndarray, seed: int, record: Dict[str, Any], desc: str = "train") -> TrainState:
+    """The training loop shared by every stage: resume, step, log, checkpoint, stop on NaN.
 
-    Writes workdir/checkpoints/, metrics.jsonl and tensorboard/. Bad configs and a checkpoint
-    of another model shape are refused before anything is written. A non-finite loss stops
-    training with FloatingPointError; the last good checkpoint stays.
+    Args:
+        train_config: config.train (num_steps, batch_size, ema_decay, log/checkpoint cadence).
+        workdir: gets checkpoints/, metrics.jsonl and tensorboard/.
+        init: `init(key) -> TrainState`; its shapes are checked against a checkpoint in workdir
+            before anything is written.
+        init_key, train_key: PRNG keys (step keys are fold_in(train_key, step)).
+        loss_fn: `loss_fn(params, x0, *, key) -> (loss, aux)`.
+        optimizer: optax transformation (the one `init` used).
+        mesh: the data mesh; batches are sharded over it, the state replicated.
+        images: [N, ...] training data; batch order from (seed, step).
+        seed: data-order seed.
+        record: JSON-able dict stored with every checkpoint.
+        desc: progress-bar label.
+
+    Returns:
+        The TrainState at train_config.num_steps.
     """
-    exp = build(config) if experiment is None else experiment
-    mesh, dataset = exp.mesh, exp.dataset
-    image_shape = dataset.train_images.shape[1:]
-
-    def init(key):
-        return init_state(exp.model, exp.optimizer, image_shape, key)
-
     # Shapes and shardings of the state, without computing it yet.
-    abstract = jax.eval_shape(init, exp.init_key)
+    abstract = jax.eval_shape(init, init_key)
     state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                         max_to_keep=config.train.keep_checkpoints)
+                                         max_to_keep=train_config.keep_checkpoints)
     latest = checkpointer.latest_step()
     if latest is not None:
         checkpointer.check_compatible(latest, abstract.params)  # before anything is written
 
     os.makedirs(workdir, exist_ok=True)
     if latest is None:
-        state = jax.jit(init, out_shardings=state_sharding)(exp.init_key)
+        state = jax.jit(init, out_shardings=state_sharding)(init_key)
         print(f"udm: new run in {workdir}; model has {count_params(state.params):,} parameters")
     else:
         restore_target = jax.tree.map(
@@ -254,39 +290,29 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
         state = checkpointer.restore(latest, restore_target)
         print(f"udm: resumed from step {latest} in {workdir}")
 
-    train_apply, _ = make_apply_fns(exp.model)
-    if is_continuous(config):
-        loss_fn = losses.make_dsm_loss_fn(exp.process, train_apply,
-                                          weighting=config.train.loss_weighting,
-                                          time_sampling=config.train.time_sampling)
-    else:
-        loss_fn = losses.make_loss_fn(exp.process, train_apply,
-                                      weighting=config.train.loss_weighting)
     train_step = jax.jit(
-        make_train_step(loss_fn, exp.optimizer, ema_decay=config.train.ema_decay,
-                        train_key=exp.train_key),
+        make_train_step(loss_fn, optimizer, ema_decay=train_config.ema_decay,
+                        train_key=train_key),
         in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0)
 
     start = int(state.step)
-    num_steps = config.train.num_steps
+    num_steps = train_config.num_steps
     writer = MetricWriter(workdir)
-    record = dict(config=config.to_dict(), dataset=dataset.name)
     pending = []
     try:
-        bar = tqdm(range(start, num_steps), initial=start, total=num_steps, desc="train",
-                   unit="step", disable=not config.train.progress_bar)
+        bar = tqdm(range(start, num_steps), initial=start, total=num_steps, desc=desc,
+                   unit="step", disable=not train_config.progress_bar)
         t_last = time.perf_counter()
         for step in bar:
-            idx = batch_at_step(len(dataset.train_images), config.train.batch_size, step,
-                                seed=config.seed)
-            batch = parallel.shard_batch(dataset.train_images[idx], mesh)
+            idx = batch_at_step(len(images), train_config.batch_size, step, seed=seed)
+            batch = parallel.shard_batch(images[idx], mesh)
             state, metrics = train_step(state, batch)
             pending.append(metrics)
             done = step + 1
-            save_now = done % config.train.checkpoint_every == 0 or done == num_steps
-            if done % config.train.log_every == 0 or save_now:
+            save_now = done % train_config.checkpoint_every == 0 or done == num_steps
+            if done % train_config.log_every == 0 or save_now:
                 # Blocking here every few steps also keeps fake-device all-reduces in step.
                 host = jax.device_get(pending)
                 pending = []
@@ -299,7 +325,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                         f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept.")
                 now = time.perf_counter()
                 summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-                summary["images_per_second"] = len(host) * config.train.batch_size / (now - t_last)
+                summary["images_per_second"] = len(host) * train_config.batch_size / (now - t_last)
                 t_last = now
                 writer.write(done, summary)
                 bar.set_postfix(loss=f"{summary['loss']:.4f}")
@@ -312,19 +338,106 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     return state
 
 
+def train(config: ml_collections.ConfigDict, workdir: str, *,
+          experiment: Optional[Experiment] = None) -> TrainState:
+    """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir.
+
+    Writes workdir/checkpoints/, metrics.jsonl and tensorboard/. Bad configs and a checkpoint
+    of another model shape are refused before anything is written. A non-finite loss stops
+    training with FloatingPointError; the last good checkpoint stays.
+    """
+    exp = build(config) if experiment is None else experiment
+    image_shape = exp.dataset.train_images.shape[1:]
+
+    def init(key):
+        return init_state(exp.model, exp.optimizer, image_shape, key)
+
+    train_apply, _ = make_apply_fns(exp.model)
+    if is_continuous(config):
+        loss_fn = losses.make_dsm_loss_fn(exp.process, train_apply,
+                                          weighting=config.train.loss_weighting,
+                                          time_sampling=config.train.time_sampling)
+    else:
+        loss_fn = losses.make_loss_fn(exp.process, train_apply,
+                                      weighting=config.train.loss_weighting)
+    return fit(config.train, workdir, init=init, init_key=exp.init_key, loss_fn=loss_fn,
+               optimizer=exp.optimizer, train_key=exp.train_key, mesh=exp.mesh,
+               images=exp.dataset.train_images, seed=config.seed,
+               record=dict(config=config.to_dict(), dataset=exp.dataset.name))
+
+
+def head_train_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """config.train with the variance head's step count and learning rate."""
+    head = ml_collections.ConfigDict(config.train.to_dict())
+    head.num_steps = config.variance.head_steps
+    head.learning_rate = config.variance.head_learning_rate
+    return head
+
+
+def make_variance_head(config, experiment: Experiment):
+    """(head module, head_apply(head_params, features), mean_features_fn) of a config."""
+    head = variance_heads.VarianceHead(
+        out_channels=experiment.dataset.train_images.shape[-1], width=config.variance.head_width)
+
+    def head_apply(head_params, features):
+        return head.apply({"params": head_params}, features)
+
+    return head, head_apply, variance_heads.mean_features_fn(experiment.process, experiment.model)
+
+
+def train_variance_head(config: ml_collections.ConfigDict, workdir: str, mean_params, *,
+                        experiment: Optional[Experiment] = None) -> TrainState:
+    """Stage 2 of NPR-DPM / SN-DPM (spec 04 §3.7): trains only the variance head, mean frozen.
+
+    Writes workdir/variance_head/{checkpoints, metrics.jsonl, tensorboard}; resumes like
+    `train`. config.variance.head names the kind ("npr" or "sn").
+    """
+    exp = build(config) if experiment is None else experiment
+    kind = variance_heads.check_kind(config.variance.head)
+    head, head_apply, features_fn = make_variance_head(config, exp)
+    head_config = head_train_config(config)
+    optimizer = make_optimizer(head_config)
+    image_shape = exp.dataset.train_images.shape[1:]
+
+    def init(key):
+        _, _, features = jax.eval_shape(
+            features_fn, mean_params, jnp.zeros((1, *image_shape), jnp.float32),
+            jnp.ones((1,), jnp.int32))
+        params = head.init(key, jnp.zeros(features.shape, features.dtype))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          ema_params=jax.tree.map(jnp.copy, params),
+                          opt_state=optimizer.init(params))
+
+    loss_fn = variance_heads.make_head_loss_fn(exp.process, features_fn, head_apply, mean_params,
+                                               kind=kind)
+    init_key, train_key = jax.random.split(jax.random.fold_in(exp.init_key, 1))
+    return fit(head_config, os.path.join(workdir, "variance_head"), init=init, init_key=init_key,
+               loss_fn=loss_fn, optimizer=optimizer, train_key=train_key, mesh=exp.mesh,
+               images=exp.dataset.train_images, seed=config.seed + 1,
+               record=dict(config=config.to_dict(), dataset=exp.dataset.name, stage="variance_head"),
+               desc=f"train {kind} head")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
     """Trains (resuming from the latest checkpoint in workdir), then samples and evaluates.
 
     Writes into workdir: checkpoints/, metrics.jsonl, tensorboard/, samples*.png, real.png,
-    results.md and results.json. Returns the evaluation results (see udm.evaluate).
+    results.md and results.json; with config.variance.head ("npr" / "sn") a second stage trains
+    the variance head into workdir/variance_head/ after the mean model. Returns the evaluation results (see udm.evaluate).
     """
     from udm import evaluate as eval_lib
 
     exp = build(config)
     state = train(config, workdir, experiment=exp)
+    head = None
+    if config.variance.head:  # stage 2: NPR-DPM / SN-DPM head on the frozen EMA mean model
+        head_state = train_variance_head(config, workdir, state.ema_params, experiment=exp)
+        _, head_apply, features_fn = make_variance_head(config, exp)
+        head = eval_lib.HeadModel(config.variance.head, features_fn, head_apply,
+                                  head_state.ema_params)
     if not config.eval.enabled:
         return {}
     _, eval_apply = make_apply_fns(exp.model)
     return eval_lib.evaluate(config, workdir, process=exp.process, eval_apply=eval_apply,
                              params=state.ema_params, dataset=exp.dataset, mesh=exp.mesh,
-                             sample_key=exp.sample_key)
+                             sample_key=exp.sample_key, head=head)

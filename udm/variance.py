@@ -377,17 +377,46 @@ def sampling_clip(step_var: Array, grid: Array, *, clip_pixel: Optional[float] =
     return step_var
 
 
+def std_cap(process, grid: Array, *, eta: float, clip_pixel: Optional[float] = None,
+            clip_sigma_idx: int = 1, noise_free_last: bool = True) -> Array:
+    """[T + 1] upper bounds on the std added to x0_hat so that each step obeys `sampling_clip`.
+
+        cap_t = sqrt(max(clip_var - sigma_s^2, 0)) / gamma_{t,s}  on the pixel-clipped steps,
+        cap_{tau_1} = 0 (mean-only final step),  cap = inf elsewhere,
+
+    since the step variance sigma_s^2 + gamma^2 std^2 <= clip_var iff std <= cap. For eta > 0 a
+    clip below the DDPM sigma_s^2 cannot be reached by adding noise to x0_hat: the step then
+    keeps sigma_s^2. Works for a [T + 1] table and for state-dependent stds alike (the
+    `std_cap` argument of `udm.samplers.make_sampler`).
+
+    Args:
+        process: GaussianProcess.
+        grid: int [K, 2] rows (t, s), the sampler's grid.
+        eta: the sampler's eta (1 for "ddpm").
+        clip_pixel, clip_sigma_idx, noise_free_last: as `sampling_clip`.
+
+    Returns:
+        float32 [T + 1].
+    """
+    sigma_sq, gamma = step_coefficients(process, grid, eta)
+    unclipped = jnp.full(sigma_sq.shape, jnp.inf, jnp.float32)
+    clipped = sampling_clip(unclipped, grid, clip_pixel=clip_pixel,
+                            clip_sigma_idx=clip_sigma_idx, noise_free_last=noise_free_last)
+    cap = jnp.where(jnp.isinf(clipped), jnp.inf,
+                    jnp.sqrt(jnp.maximum(clipped - sigma_sq, 0.0)) / gamma)
+    table = jnp.full((process.num_timesteps + 1,), jnp.inf, jnp.float32)
+    return table.at[jnp.asarray(grid)[:, 0]].set(cap)
+
+
 def sigma_bar_for_sampling(process, sigma_bar: Array, grid: Array, *, eta: float,
                            clip_pixel: Optional[float] = None, clip_sigma_idx: int = 1,
                            noise_free_last: bool = True) -> Array:
     """A [T + 1] sigma_bar table whose make_sampler steps carry the `sampling_clip` variances.
 
-        sigma_bar_t'^2 = max(var'_{t->s} - sigma_s^2, 0) / gamma_{t,s}^2,
-        var' = sampling_clip(sigma_s^2 + gamma_{t,s}^2 sigma_bar_t^2),
+        sigma_bar_t' = min(sigma_bar_t, std_cap_t),
 
-    exact wherever var' >= sigma_s^2: always for eta = 0 and for the final step; for eta > 0 a
-    pixel clip below the DDPM sigma_s^2 cannot be reached by adding noise to x0_hat (the step
-    then keeps sigma_s^2).
+    i.e. var' = sampling_clip(sigma_s^2 + gamma_{t,s}^2 sigma_bar_t^2) wherever var' >= sigma_s^2
+    (always for eta = 0 and for the final step; see `std_cap`).
 
     Args:
         process: GaussianProcess.
@@ -399,12 +428,11 @@ def sigma_bar_for_sampling(process, sigma_bar: Array, grid: Array, *, eta: float
     Returns:
         float32 [T + 1].
     """
-    sigma_sq, gamma = step_coefficients(process, grid, eta)
-    total = corrected_reverse_var(process, grid, sigma_bar, eta=eta)
-    clipped = sampling_clip(total, grid, clip_pixel=clip_pixel, clip_sigma_idx=clip_sigma_idx,
-                            noise_free_last=noise_free_last)
-    effective = jnp.sqrt(jnp.maximum(clipped - sigma_sq, 0.0) / gamma ** 2)
-    return jnp.asarray(sigma_bar).at[jnp.asarray(grid)[:, 0]].set(effective)
+    cap = std_cap(process, grid, eta=eta, clip_pixel=clip_pixel, clip_sigma_idx=clip_sigma_idx,
+                  noise_free_last=noise_free_last)
+    times = jnp.asarray(grid)[:, 0]
+    return jnp.asarray(sigma_bar, jnp.float32).at[times].set(
+        jnp.minimum(jnp.asarray(sigma_bar, jnp.float32)[times], cap[times]))
 
 
 # --- the chain of a grid, for likelihood.variational_bound ---------------------------------
@@ -544,3 +572,119 @@ def reverse_variance(name: str, process, grid: Array, *, eta: float = 1.0,
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     return VARIANCES.get(name).step_var(process, grid, eta=eta, sigma_bar=sigma_bar)
+
+
+# Names that `config.sampler.variance` accepts: the VARIANCES choices (a [T + 1] std table) and
+# the state-dependent heads of udm.variance_heads.
+HEAD_VARIANCES = ("npr", "sn")
+SAMPLING_VARIANCES = ("fixed_small", "fixed_large", "analytic", "ml_isotropic") + HEAD_VARIANCES
+
+
+def sampling_sigma_bar(name: str, process, grid: Array, *, eta: float,
+                       sigma_bar: Optional[Array] = None) -> Optional[Array]:
+    """The [T + 1] std that `make_sampler` adds to x0_hat to realise a VARIANCES choice.
+
+        std_t = sqrt(max(var_{t->s} - sigma_s^2, 0)) / gamma_{t,s}   (var from reverse_variance)
+
+    so each step t -> s of the grid has the variance sigma_s^2 + gamma^2 std^2 = var_{t->s} of the
+    choice (V1): fixed_large becomes DDPM's mean with variance 1 - (alpha_bar_t/alpha_bar_s)^2,
+    analytic / ml_isotropic give back sigma_bar. fixed_small returns None (the plain sampler).
+    Apply `std_cap` for the mean-only final step and the pixel clip.
+
+    Args:
+        name: a VARIANCES name.
+        process: GaussianProcess.
+        grid: int [K, 2] rows (t, s), the sampler's grid.
+        eta: the sampler's eta.
+        sigma_bar: [T + 1] from `estimate_sigma_bar`, for analytic / ml_isotropic.
+
+    Returns:
+        float32 [T + 1] (NaN off the grid, 0 at t = 0) or None.
+    """
+    if name == "fixed_small":
+        VARIANCES.get(name)
+        return None
+    var = reverse_variance(name, process, grid, eta=eta, sigma_bar=sigma_bar)
+    sigma_sq, gamma = step_coefficients(process, grid, eta)
+    std = jnp.sqrt(jnp.maximum(var - sigma_sq, 0.0)) / gamma
+    table = jnp.full((process.num_timesteps + 1,), jnp.nan, jnp.float32).at[0].set(0.0)
+    return table.at[jnp.asarray(grid)[:, 0]].set(std)
+
+
+# --- the optimal trajectory (Analytic-DPM §4) ------------------------------------------------
+
+def trajectory_costs(process, sigma_bar_sq: Array, *, bin_width: Optional[float] = None):
+    """Per-dimension bound terms of every possible step, for `optimal_trajectory`.
+
+        cost[s, t] = 1/2 log((lambda^2 + gamma^2 sigma_bar_t^2) / lambda^2),  1 <= s < t,
+
+    the expected KL term of a step t -> s with the DDPM kernel (eta = 1, posterior variance
+    lambda^2, x_0 coefficient gamma) and the optimal variance, for a perfect mean (Bao et al.,
+    arXiv 2201.06503, §4); and the decoder term of the last step t -> 0,
+
+        decoder[t] = 1/2 log(2 pi e sigma_bar_t^2)       (a Gaussian decoder, continuous data),
+        decoder[t] = max(0, that - log(bin_width))       (a discretised decoder: a probability
+                                                          <= 1, about density x bin width).
+
+    Args:
+        process: GaussianProcess.
+        sigma_bar_sq: [T + 1] sigma_bar_t^2 for every t = 1..T (index 0 unused).
+        bin_width: the data's bin width (2 / (L - 1) for L levels on [-1, 1]), or None.
+
+    Returns:
+        (cost float64 [T + 1, T + 1] with inf where s = 0 or s >= t, decoder float64 [T + 1]).
+    """
+    sb2 = np.asarray(sigma_bar_sq, np.float64)
+    if sb2.shape != (process.num_timesteps + 1,) or np.any(np.isnan(sb2[1:])):
+        raise ValueError(f"sigma_bar_sq must be [T + 1] = [{process.num_timesteps + 1}] and "
+                         f"known for every t >= 1 (estimate Gamma_t on all of 1..T)")
+    ab = np.asarray(process.alpha_bar, np.float64)
+    bb = np.asarray(process.beta_bar, np.float64)
+    s, t = np.meshgrid(np.arange(ab.size), np.arange(ab.size), indexing="ij")
+    valid = (s >= 1) & (s < t)
+    s, t = np.where(valid, s, 1), np.where(valid, t, 2)  # dummy pair where invalid
+    lam2 = bb[s] ** 2 * (1.0 - (ab[t] / ab[s]) ** 2) / bb[t] ** 2
+    gamma = ab[s] - ab[t] * np.sqrt(np.maximum(bb[s] ** 2 - lam2, 0.0)) / bb[t]
+    cost = np.where(valid, 0.5 * np.log1p(gamma ** 2 * sb2[t] / lam2), np.inf)
+    with np.errstate(divide="ignore"):
+        decoder = 0.5 * np.log(2.0 * np.pi * np.e * sb2)
+    if bin_width is not None:
+        decoder = np.maximum(decoder - np.log(bin_width), 0.0)
+    decoder[0] = np.inf
+    return cost, decoder
+
+
+def optimal_trajectory(process, sigma_bar_sq: Array, num_steps: int, *,
+                       bin_width: Optional[float] = None) -> np.ndarray:
+    """The K-step sub-sequence minimising the bound's terms by dynamic programming (Analytic-DPM §4).
+
+        J(tau) = decoder[tau_1] + sum_{k=2..K} cost[tau_{k-1}, tau_k],  tau_K = T,
+
+    with the terms of `trajectory_costs`; D_k(t) = min_s cost[s, t] + D_{k-1}(s) over the
+    T + 1 states, O(K T^2) in numpy (a few seconds for T = K = 1000). The prior term is the same
+    for every trajectory (tau_K = T).
+
+    Args:
+        process: GaussianProcess.
+        sigma_bar_sq: [T + 1] sigma_bar_t^2 for every t (e.g. analytic_sigma_bar_sq on 1..T).
+        num_steps: K in [1, T].
+        bin_width: see `trajectory_costs`.
+
+    Returns:
+        int32 [K] increasing times tau_1 < ... < tau_K = T, for `time_grid(..., spacing=tau)`.
+    """
+    T = process.num_timesteps
+    if not 1 <= num_steps <= T:
+        raise ValueError(f"num_steps must be in [1, T={T}], got {num_steps}")
+    cost, best = trajectory_costs(process, sigma_bar_sq, bin_width=bin_width)
+    if num_steps == T:
+        return np.arange(1, T + 1, dtype=np.int32)
+    parents = []
+    for _ in range(num_steps - 1):
+        total = cost + best[:, None]                   # [s, t]: go t -> s, then s -> 0
+        parents.append(np.argmin(total, axis=0))
+        best = total[parents[-1], np.arange(T + 1)]
+    tau = [T]
+    for parent in reversed(parents):
+        tau.append(int(parent[tau[-1]]))
+    return np.asarray(tau[::-1], np.int32)

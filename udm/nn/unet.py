@@ -136,16 +136,20 @@ class UNet(nn.Module):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: chex.Array, t: chex.Array, *, train: bool = False) -> chex.Array:
+    def __call__(self, x: chex.Array, t: chex.Array, *, train: bool = False,
+                 return_features: bool = False):
         """Applies the network.
 
         Args:
             x: [B, H, W, C] float32 input; H and W divisible by 2**(len(channel_mults) - 1).
             t: [B] integer or float time values, embedded as given (e.g. 1..1000).
             train: enables dropout, which then needs the 'dropout' rng.
+            return_features: also return the last features [B, H, W, channels] (after the
+                final GroupNorm and swish), on which udm.variance_heads puts its heads.
 
         Returns:
-            [B, H, W, out_channels] (out_channels defaults to C).
+            [B, H, W, out_channels] (out_channels defaults to C); with return_features, the
+            pair (output, features).
         """
         chex.assert_rank(x, 4)
         b, height, width, in_channels = x.shape
@@ -200,4 +204,5 @@ class UNet(nn.Module):
         assert not skips, "every down-path activation is consumed exactly once"
 
         h = nn.swish(nn.GroupNorm(num_groups=self.num_groups)(h))
-        return nn.Conv(out_channels, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        out = nn.Conv(out_channels, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        return (out, h) if return_features else out
