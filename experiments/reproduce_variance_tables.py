@@ -85,7 +85,7 @@ def _config(variance_name: str = "fixed_small", sampler: str = "ddpm"):
 
 
 def _step_counts():
-    return [2, 5] if _SMOKE.value else [int(k) for k in _STEPS.value]
+    return [3] if _SMOKE.value else [int(k) for k in _STEPS.value]
 
 
 class Models:

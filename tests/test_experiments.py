@@ -29,3 +29,24 @@ def test_reproduce_sde_table_smoke(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                            capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and "rows already computed" in again.stdout
+
+
+def test_reproduce_variance_tables_smoke(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.reproduce_variance_tables", "--smoke",
+           f"--workdir={tmp_path}"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "variance_tables.md").read_text()
+    assert "| K | DDPM, fixed small |" in table and "| K | DDPM | DDIM |" in table
+    cells = json.loads((tmp_path / "variance_tables.json").read_text())["cells"]
+    assert len(cells) == 7 + 9  # one row K = 3: every NLL and FD column
+    # Even the untrained smoke model's heads give a finite bound (their variance floor).
+    assert all(np.isfinite(c["bpd"]) for k, c in cells.items() if k.startswith("nll"))
+    assert all(np.isfinite(c["fd"]) for k, c in cells.items() if k.startswith("fd"))
+    assert (tmp_path / "variance_tables.png").exists()
+    # A rerun resumes: every cell is read back, none recomputed.
+    mtime = os.path.getmtime(tmp_path / "cells.json")
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert os.path.getmtime(tmp_path / "cells.json") == mtime

@@ -250,6 +250,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                       init_key, train_key, sample_key)
 
 
+_SYNC_EVERY = 10  # steps between host waits on the loss, whatever log_every is
+
+
 def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train_key, mesh,
         images: np.ndarray, seed: int, record: Dict[str, Any], desc: str = "train") -> TrainState:
     """The training loop shared by every stage: resume, step, log, checkpoint, stop on NaN.
@@ -311,6 +314,9 @@ def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train
             state, metrics = train_step(state, batch)
             pending.append(metrics)
             done = step + 1
+            if done % _SYNC_EVERY == 0:
+                # Cheap steps dispatched far ahead can stall fake-device all-reduces: block.
+                jax.block_until_ready(metrics["loss"])
             save_now = done % train_config.checkpoint_every == 0 or done == num_steps
             if done % train_config.log_every == 0 or save_now:
                 # Blocking here every few steps also keeps fake-device all-reduces in step.
