@@ -8,35 +8,34 @@ Array = Any
 
 
 def make_loss_fn(process, apply_fn: Callable, *, weighting: str = "none"):
-    """Builds `loss_fn(params, x0, *, key) -> (loss, aux)` for a Gaussian-noise process.
+    """Builds `loss_fn(params, x0, *, key) -> (loss, aux)` for any discrete-time UDM process.
 
-    Per example: t ~ U{1..T}, eps ~ N(0, I), x_t = F_t(x_0, eps); the network output at (x_t, t)
-    is regressed onto `process.target(t, x0, eps)` (eps / x0 / v) with weight w(t). With
-    prediction "eps" and weighting "none" this is the DDPM loss ||eps - eps_theta(x_t, t)||^2,
-    here averaged over pixels.
+    Per example (spec 01 A4): t ~ U{1..T}, eps ~ q(eps) (`process.sample_eps`), x_t = F_t(x_0, eps);
+    the network output at (x_t, t) is scored by `process.loss(t, x0, eps, output, weighting=...)`
+    (Gaussian: w(t) times the mean squared error against the eps / x0 / v target, the DDPM loss
+    for prediction "eps" and weighting "none"; other processes: their own x_0 loss, e.g. l1 for
+    cold diffusion, cross-entropy for token corruptions).
 
     Args:
-      process: e.g. GaussianProcess.
+      process: a UDM process (udm.processes).
       apply_fn: `apply_fn(params, x_t [B, ...], t [B], key) -> output [B, ...]`; the key feeds
         dropout.
-      weighting: a name in `udm.processes.LOSS_WEIGHTINGS`.
+      weighting: a per-t loss weighting the process knows (Gaussian: LOSS_WEIGHTINGS).
     Returns:
       loss_fn(params, x0 [B, ...], *, key) -> (scalar loss, dict of per-batch diagnostics).
     """
-    process.loss_weight(1, weighting)  # fail early on an unknown weighting name
+    process.check_weighting(weighting)  # fail early on a name the process does not know
 
     def loss_fn(params, x0, *, key):
         t_key, eps_key, net_key = jax.random.split(key, 3)
         batch = x0.shape[0]
         t = jax.random.randint(t_key, (batch,), 1, process.num_timesteps + 1)
-        eps = jax.random.normal(eps_key, x0.shape, x0.dtype)
+        eps = process.sample_eps(eps_key, x0.shape, x0.dtype)
         xt = jax.vmap(process.forward)(t, x0, eps)
-        target = jax.vmap(process.target)(t, x0, eps)
         output = apply_fn(params, xt, t, net_key)
-        per_example = jnp.mean((output - target).reshape(batch, -1) ** 2, axis=1)
-        weight = jax.vmap(lambda ti: process.loss_weight(ti, weighting))(t)
-        loss = jnp.mean(weight * per_example)
-        return loss, {"unweighted_mse": jnp.mean(per_example)}
+        weighted, unweighted = jax.vmap(
+            lambda *a: process.loss(*a, weighting=weighting))(t, x0, eps, output)
+        return jnp.mean(weighted), {"unweighted_loss": jnp.mean(unweighted)}
 
     return loss_fn
 

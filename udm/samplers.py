@@ -86,10 +86,16 @@ def _baseline(process, t, s, eta):
     return jnp.float32(1.0)
 
 
+def _improved(process, t, s, eta):
+    del process, t, s, eta  # the deterministic design (A7): reuse the inferred corruption
+    return jnp.float32(0.0)
+
+
 SAMPLERS = Registry("sampler")
 SAMPLERS.register("ddim")(_ddim)
 SAMPLERS.register("ddpm")(_ddpm)
 SAMPLERS.register("baseline")(_baseline)
+SAMPLERS.register("improved")(_improved)
 
 
 class Estimate(NamedTuple):
@@ -126,7 +132,9 @@ def make_sampler(process, predictor: Predictor, *, num_steps: int, name: str = "
       predictor: `(params, x_t [B, ...], t scalar int) -> x0_hat [B, ...]`, or an `Estimate`
         (x0_hat with its own, possibly state-dependent, std).
       num_steps: K, number of network calls, in [1, T].
-      name: "ddpm", "ddim" or "baseline" (see SAMPLERS).
+      name: "ddpm", "ddim", "baseline" (fresh corruption of x0_hat, sigma_tilde = 1) or
+        "improved" (the deterministic design, sigma_tilde = 0, for processes without DDPM's
+        variance); see SAMPLERS.
       eta: DDIM's scale of the DDPM noise, sigma_s = eta * sigma_s^DDPM (ignored by ddpm/baseline).
       spacing: "uniform" or "quadratic" sub-sequence of {1..T}, or the sequence itself (see
         `time_grid`).

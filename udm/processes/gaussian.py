@@ -127,3 +127,11 @@ class GaussianProcess:
     def loss_weight(self, t, weighting: str) -> Array:
         """w(t) for the target-space squared error (see LOSS_WEIGHTINGS)."""
         return LOSS_WEIGHTINGS.get(weighting)(self.snr(t), self.prediction)
+
+    def check_weighting(self, weighting: str) -> None:
+        LOSS_WEIGHTINGS.get(weighting)
+
+    def loss(self, t, x0: Array, eps: Array, output: Array, *, weighting: str = "none"):
+        """(w(t) mse, mse) of one example: mse = mean((output - target)^2) (spec 01 A5, B1)."""
+        mse = jnp.mean((output - self.target(t, x0, eps)) ** 2)
+        return self.loss_weight(t, weighting) * mse, mse
