@@ -24,6 +24,9 @@ setup(
         "tensorboardX>=2.6,<3",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+        # Embedded English text (gensim's test corpora) for the token processes.
+        "text": ["gensim>=4.3,<5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
+                 "gensim>=4.3,<5"],
     },
 )

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base, ddpm_cifar10, ddpm_digits, sde_digits
+from configs import base, cold_digits, ddpm_cifar10, ddpm_digits, heat_digits, sde_digits
 from udm import train as train_lib
 from udm.nn import count_params
 
@@ -18,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("module,variant", [
     (ddpm_digits, ""), (ddpm_digits, "smoke"), (ddpm_cifar10, "smoke"), (sde_digits, ""),
-    (sde_digits, "subvp"), (sde_digits, "ve,smoke"), (sde_digits, "blog")])
+    (sde_digits, "subvp"), (sde_digits, "ve,smoke"), (sde_digits, "blog"), (cold_digits, ""),
+    (cold_digits, "noisy,smoke"), (heat_digits, ""), (heat_digits, "smoke")])
 def test_configs_validate(module, variant):
     config = module.get_config(variant)
     config.data.name = "digits"      # validation does not need the dataset itself
@@ -126,5 +127,19 @@ def test_variance_config_errors_name_the_field(module, fields, message):
     for dotted, value in fields.items():
         section, leaf = dotted.split(".")
         config[section][leaf] = value
+    with pytest.raises(ValueError, match=message):
+        train_lib.validate_config(config)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"sampler.name": "ddim"}, "'baseline' or 'improved'"),
+    ({"train.loss_weighting": "min_snr_5"}, "weighting"),
+    ({"process.kernel_std": -1.0}, "config.process"),
+])
+def test_cold_config_errors_name_the_field(fields, message):
+    config = cold_digits.get_config("smoke")
+    for dotted, value in fields.items():
+        section, leaf = dotted.split(".")
+        setattr(getattr(config, section), leaf, value)
     with pytest.raises(ValueError, match=message):
         train_lib.validate_config(config)

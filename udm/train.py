@@ -70,12 +70,24 @@ def _validate_process_and_samplers(config) -> None:
         _check(config.sampler.noise_scale >= 0,
                f"config.sampler.noise_scale must be >= 0, got {config.sampler.noise_scale}")
         return
-    T = config.process.num_timesteps
-    _check(T >= 1, f"config.process.num_timesteps must be >= 1, got {T}")
-    from udm import schedules  # noqa: F401  (registry lookup below)
-    schedules.SCHEDULES.get(config.process.schedule)
-    PREDICTION_TARGETS.get(config.process.prediction)
-    LOSS_WEIGHTINGS.get(config.train.loss_weighting)
+    if config.process.name == "gaussian":
+        T = config.process.num_timesteps
+        _check(T >= 1, f"config.process.num_timesteps must be >= 1, got {T}")
+        from udm import schedules  # noqa: F401  (registry lookup below)
+        schedules.SCHEDULES.get(config.process.schedule)
+        PREDICTION_TARGETS.get(config.process.prediction)
+        LOSS_WEIGHTINGS.get(config.train.loss_weighting)
+    else:
+        try:
+            process = make_process(config)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"config.process ({config.process.name!r}) is invalid: {e}") from e
+        T = process.num_timesteps
+        process.check_weighting(config.train.loss_weighting)
+        bad = [n for n in (config.sampler.name, *config.eval.samplers)
+               if n not in ("baseline", "improved")]
+        _check(not bad, f"process {config.process.name!r} samples with the 'baseline' or "
+                        f"'improved' design (spec 01 A5), got {bad}")
     SAMPLERS.get(config.sampler.name)
     SPACINGS.get(config.sampler.spacing)
     for name in config.eval.samplers:
@@ -245,7 +257,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     # train step several times slower, for no statistical benefit here.
     root = jax.random.key(config.seed, impl="rbg")
     init_key, train_key, sample_key = jax.random.split(root, 3)
-    return Experiment(dataset, make_process(config), make_model(config),
+    process = make_process(config)
+    if hasattr(process, "fit_prior"):  # cold / heat: x_T ~ a Gaussian fitted to F_T(data)
+        process = process.fit_prior(dataset.train_images)
+    return Experiment(dataset, process, make_model(config),
                       make_optimizer(config.train), parallel.data_mesh(),
                       init_key, train_key, sample_key)
 
