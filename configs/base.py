@@ -10,6 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.name = "digits"           # "digits" (scikit-learn, 8x8), "npz" (needs path), "tfds:<name>"
     c.data.path = ""                 # .npz of uint8 `images` [N,H,W(,C)] (+ optional `labels`)
     c.data.test_fraction = 1 / 6     # held out for evaluation (digits: 300 of 1797)
+    c.data.seq_len = 0               # text data ("arithmetic", "lee"): sequence length, 0 = default
 
     c.process = ml_collections.ConfigDict()
     c.process.name = "gaussian"      # the forward corruption x_t = F_t(x_0, eps)

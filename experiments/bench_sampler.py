@@ -38,7 +38,7 @@ def main(argv):
     dataset = load_dataset(config.data.name, seed=config.seed, path=config.data.path or None)
     shape = dataset.train_images.shape[1:]
     optimizer = make_optimizer(config.train)
-    state = init_state(model, optimizer, shape, jax.random.PRNGKey(0))
+    state = init_state(model, optimizer, dataset.train_images, jax.random.PRNGKey(0))
     # Perturb the zero-initialised output layers so the network does real work.
     params = jax.tree.map(lambda p: p + 0.01 * jnp.ones_like(p), state.params)
     train_apply, eval_apply = make_apply_fns(model)

@@ -1,5 +1,6 @@
 """Configs: every default validates, the CIFAR-10 config has the DDPM paper's model size, and the
 command-line entry point runs the smoke variant end to end."""
+import importlib
 import os
 import subprocess
 import sys
@@ -143,3 +144,24 @@ def test_cold_config_errors_name_the_field(fields, message):
         setattr(getattr(config, section), leaf, value)
     with pytest.raises(ValueError, match=message):
         train_lib.validate_config(config)
+
+
+@pytest.mark.parametrize("name", [f"{p}_{d}" for p in ("masking", "edit", "d3pm_uniform",
+                                                        "d3pm_absorbing")
+                                  for d in ("arithmetic", "lee")])
+@pytest.mark.parametrize("variant", ["", "smoke"])
+def test_token_configs_validate(name, variant):
+    module = importlib.import_module(f"configs.{name}")
+    train_lib.validate_config(module.get_config(variant))
+
+
+def test_token_process_and_data_must_fit():
+    from configs import masking_arithmetic
+    config = masking_arithmetic.get_config("smoke")
+    config.process.vocab_size = 13
+    with pytest.raises(ValueError, match="must match the data"):
+        train_lib.build(config)
+    config = masking_arithmetic.get_config("smoke")
+    config.data.name = "digits"
+    with pytest.raises(ValueError, match="do not fit"):
+        train_lib.build(config)

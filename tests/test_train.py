@@ -47,9 +47,8 @@ def test_smoke_train_and_evaluate_writes_everything(tmp_path):
 
 def _params_after(config, workdir):
     exp = train_lib.build(config)
-    shape = exp.dataset.train_images.shape[1:]
-    abstract = jax.eval_shape(
-        lambda k: train_lib.init_state(exp.model, exp.optimizer, shape, k), exp.init_key)
+    abstract = jax.eval_shape(lambda k: train_lib.init_state(
+        exp.model, exp.optimizer, exp.dataset.train_images, k), exp.init_key)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
     return ckpt.restore(ckpt.latest_step(), abstract)
 
@@ -140,6 +139,22 @@ def test_cold_blur_smoke_trains_and_samples_both_designs(tmp_path):
     assert set(rows) == {"real digits", "baseline", "improved"}
     assert all(np.isfinite(r["fd"]) for r in results["rows"])
     assert (tmp_path / "samples_improved_5.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("config_name", ["masking_arithmetic", "edit_lee", "d3pm_uniform_arithmetic"])
+def test_token_process_smoke_trains_and_samples(tmp_path, config_name):
+    """Token processes train (TokenDenoiser, cross-entropy) and sample (both designs) through
+    train_and_evaluate; samples are decoded to text and scored."""
+    import importlib
+    config = importlib.import_module(f"configs.{config_name}").get_config("smoke")
+    config.train.progress_bar = False
+    results = train_lib.train_and_evaluate(config, str(tmp_path))
+    rows = {r["samples"]: r for r in results["rows"]}
+    assert set(rows) == {"real sequences", "baseline", "improved"}
+    assert all(np.isfinite(r["sample_perplexity"]) for r in results["rows"])
+    k = config.eval.step_counts[0]
+    lines = (tmp_path / f"samples_improved_{k}.txt").read_text().splitlines()
+    assert len(lines) == config.eval.grid_size and all(len(x) == config.data.seq_len for x in lines)
 
 
 # --- optimal reverse variances (spec 04): NPR / SN heads and the analytic sigma_bar -------------

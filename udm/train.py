@@ -17,10 +17,11 @@ from tqdm.auto import tqdm
 
 from udm import checkpoint as ckpt_lib
 from udm import parallel
-from udm.data import batch_at_step, load_dataset
+from udm.data import TEXT_DATASETS, TextDataset, batch_at_step, load_dataset, load_text_dataset
 from udm import losses, variance, variance_heads
 from udm.nn import ATTENTION_SCALES, UNet, count_params
-from udm.processes import LOSS_WEIGHTINGS, PREDICTION_TARGETS, PROCESSES
+from udm.nn.token_model import TokenDenoiser
+from udm.processes import LOSS_WEIGHTINGS, PREDICTION_TARGETS, PROCESSES, TOKEN_PROCESSES
 from udm.samplers import SAMPLERS, SPACINGS
 from udm.sde_samplers import CONTINUOUS_SAMPLERS
 
@@ -157,11 +158,32 @@ def make_process(config):
     return PROCESSES.get(config.process.name)(**kwargs)
 
 
-def make_model(config) -> UNet:
+def make_model(config, process=None):
+    """The network of config.model: the UNet (images), or with model.name = "token_denoiser"
+    the bidirectional TokenDenoiser, whose vocabularies come from the token process."""
     model_kwargs = dict(config.model)
+    name = model_kwargs.pop("name", "unet")
+    if name == "token_denoiser":
+        if process is None or not isinstance(process, TOKEN_PROCESSES):
+            raise ValueError("config.model.name='token_denoiser' needs a token process "
+                             "(masking, edit, d3pm_uniform, d3pm_absorbing)")
+        return TokenDenoiser(input_vocab_size=process.num_input_tokens,
+                             output_vocab_size=process.vocab_size, max_time=process.num_timesteps,
+                             **model_kwargs)
+    if name != "unet":
+        raise ValueError(f"config.model.name must be 'unet' or 'token_denoiser', got {name!r}")
     for key in ("channel_mults", "attention_resolutions"):
         model_kwargs[key] = tuple(model_kwargs[key])
     return UNet(**model_kwargs)
+
+
+def training_data(dataset) -> np.ndarray:
+    """The training array of a dataset: images [N, H, W, C] or token sequences [N, l]."""
+    return dataset.train_tokens if isinstance(dataset, TextDataset) else dataset.train_images
+
+
+def held_out_data(dataset) -> np.ndarray:
+    return dataset.test_tokens if isinstance(dataset, TextDataset) else dataset.test_images
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
@@ -173,8 +195,9 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
         optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=train_config.weight_decay))
 
 
-def init_state(model, optimizer, image_shape, key) -> TrainState:
-    dummy_x = jnp.zeros((1, *image_shape), jnp.float32)
+def init_state(model, optimizer, example, key) -> TrainState:
+    """A fresh TrainState; `example` [N, ...] gives the input shape and dtype (images or tokens)."""
+    dummy_x = jnp.zeros((1, *example.shape[1:]), example.dtype)
     params = model.init(key, dummy_x, jnp.ones((1,), jnp.int32))["params"]
     # A copy, not an alias: the train step donates the state, and one buffer cannot go twice.
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -250,9 +273,13 @@ class Experiment(NamedTuple):
 def build(config: ml_collections.ConfigDict) -> Experiment:
     """Validates the config and turns it into typed objects (nothing is written)."""
     validate_config(config)
-    dataset = load_dataset(config.data.name, seed=config.seed,
-                           test_fraction=config.data.test_fraction,
-                           path=config.data.path or None)
+    if config.data.name in TEXT_DATASETS:
+        dataset = load_text_dataset(config.data.name, seq_len=config.data.get("seq_len") or None,
+                                    seed=config.seed, test_fraction=config.data.test_fraction)
+    else:
+        dataset = load_dataset(config.data.name, seed=config.seed,
+                               test_fraction=config.data.test_fraction,
+                               path=config.data.path or None)
     # The "rbg" generator: on XLA:CPU threefry keys make compiling the model init and the
     # train step several times slower, for no statistical benefit here.
     root = jax.random.key(config.seed, impl="rbg")
@@ -260,7 +287,15 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     process = make_process(config)
     if hasattr(process, "fit_prior"):  # cold / heat: x_T ~ a Gaussian fitted to F_T(data)
         process = process.fit_prior(dataset.train_images)
-    return Experiment(dataset, process, make_model(config),
+    if isinstance(process, TOKEN_PROCESSES) != isinstance(dataset, TextDataset):
+        raise ValueError(f"process {config.process.name!r} and data {config.data.name!r} do not "
+                         f"fit: token processes need a text dataset and the others images")
+    if isinstance(dataset, TextDataset) and (process.seq_len, process.vocab_size) != (
+            dataset.seq_len, dataset.vocab_size):
+        raise ValueError(f"config.process (seq_len={process.seq_len}, vocab_size="
+                         f"{process.vocab_size}) must match the data {dataset.name!r} (seq_len="
+                         f"{dataset.seq_len}, vocab_size={dataset.vocab_size})")
+    return Experiment(dataset, process, make_model(config, process),
                       make_optimizer(config.train), parallel.data_mesh(),
                       init_key, train_key, sample_key)
 
@@ -269,7 +304,7 @@ _SYNC_EVERY = 10  # steps between host waits on the loss, whatever log_every is
 
 
 def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train_key, mesh,
-        images: np.ndarray, seed: int, record: Dict[str, Any], desc: str = "train") -> TrainState:
+        data: np.ndarray, seed: int, record: Dict[str, Any], desc: str = "train") -> TrainState:
     """The training loop shared by every stage: resume, step, log, checkpoint, stop on NaN.
 
     Args:
@@ -281,7 +316,8 @@ def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train
         loss_fn: `loss_fn(params, x0, *, key) -> (loss, aux)`.
         optimizer: optax transformation (the one `init` used).
         mesh: the data mesh; batches are sharded over it, the state replicated.
-        images: [N, ...] training data; batch order from (seed, step).
+        data: [N, ...] training examples (images or token sequences); batch order from
+            (seed, step).
         seed: data-order seed.
         record: JSON-able dict stored with every checkpoint.
         desc: progress-bar label.
@@ -324,8 +360,8 @@ def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train
                    unit="step", disable=not train_config.progress_bar)
         t_last = time.perf_counter()
         for step in bar:
-            idx = batch_at_step(len(images), train_config.batch_size, step, seed=seed)
-            batch = parallel.shard_batch(images[idx], mesh)
+            idx = batch_at_step(len(data), train_config.batch_size, step, seed=seed)
+            batch = parallel.shard_batch(data[idx], mesh)
             state, metrics = train_step(state, batch)
             pending.append(metrics)
             done = step + 1
@@ -368,10 +404,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     training with FloatingPointError; the last good checkpoint stays.
     """
     exp = build(config) if experiment is None else experiment
-    image_shape = exp.dataset.train_images.shape[1:]
+    data = training_data(exp.dataset)
 
     def init(key):
-        return init_state(exp.model, exp.optimizer, image_shape, key)
+        return init_state(exp.model, exp.optimizer, data, key)
 
     train_apply, _ = make_apply_fns(exp.model)
     if is_continuous(config):
@@ -383,7 +419,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
                                       weighting=config.train.loss_weighting)
     return fit(config.train, workdir, init=init, init_key=exp.init_key, loss_fn=loss_fn,
                optimizer=exp.optimizer, train_key=exp.train_key, mesh=exp.mesh,
-               images=exp.dataset.train_images, seed=config.seed,
+               data=data, seed=config.seed,
                record=dict(config=config.to_dict(), dataset=exp.dataset.name))
 
 
@@ -434,7 +470,7 @@ def train_variance_head(config: ml_collections.ConfigDict, workdir: str, mean_pa
     init_key, train_key = jax.random.split(jax.random.fold_in(exp.init_key, 1))
     return fit(head_config, os.path.join(workdir, "variance_head"), init=init, init_key=init_key,
                loss_fn=loss_fn, optimizer=optimizer, train_key=train_key, mesh=exp.mesh,
-               images=exp.dataset.train_images, seed=config.seed + 1,
+               data=exp.dataset.train_images, seed=config.seed + 1,
                record=dict(config=config.to_dict(), dataset=exp.dataset.name, stage="variance_head"),
                desc=f"train {kind} head")
 

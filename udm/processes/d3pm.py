@@ -105,6 +105,11 @@ class D3PMProcess:
         return self.vocab_size + (self.kind == "absorbing")
 
     @property
+    def num_input_tokens(self) -> int:
+        """The network's input vocabulary (every token process has this property)."""
+        return self.num_states
+
+    @property
     def mask_id(self) -> int:
         """The MASK id of the absorbing kind (= vocab_size, an extra id)."""
         if self.kind != "absorbing":

@@ -1,0 +1,56 @@
+"""Shared settings of the token-process configs (spec 01 B3, B4, C2): a process on a text
+dataset, the bidirectional TokenDenoiser, the baseline and improved designs.
+
+The per-process files (configs/<process>_<data>.py) call `get_config(process, data, variant)`.
+"""
+import ml_collections
+
+from configs import base
+
+DATA = {  # name -> (seq_len, vocab_size) of udm.data.load_text_dataset
+    "arithmetic": (9, 12),   # "ab+cd=efg", exact validity check
+    "lee": (32, 41),         # gensim's Lee news corpus, character windows
+}
+PROCESS_FIELDS = {
+    "masking": dict(name="masking"),
+    "edit": dict(name="edit", version=2),
+    "edit_v1": dict(name="edit", version=1),
+    "d3pm_uniform": dict(name="d3pm_uniform", num_timesteps=20),
+    "d3pm_absorbing": dict(name="d3pm_absorbing", num_timesteps=20),
+}
+
+
+def get_config(process: str, data: str, variant: str = ""):
+    if variant not in ("", "smoke"):
+        raise ValueError(f"unknown variant {variant!r} of {process}_{data}; valid: smoke")
+    seq_len, vocab_size = DATA[data]
+    c = base.get_config()
+    c.data.name = data
+    c.data.seq_len = seq_len
+    c.process = ml_collections.ConfigDict(dict(PROCESS_FIELDS[process], seq_len=seq_len,
+                                               vocab_size=vocab_size))
+    c.model = ml_collections.ConfigDict(dict(
+        name="token_denoiser", width=128, depth=4, num_heads=4, mlp_ratio=4, dropout=0.0,
+        attention_scale="standard"))
+    c.train.num_steps = 3000
+    c.train.batch_size = 128
+    c.train.learning_rate = 1e-3
+    T = c.process.get("num_timesteps", seq_len)
+    c.sampler.name = "improved"
+    c.sampler.num_steps = T
+    c.eval.samplers = ("baseline", "improved")
+    c.eval.step_counts = tuple(sorted({max(1, T // 3), T}))
+    c.eval.num_samples = 512
+    c.eval.batch_size = 128
+    c.eval.grid_size = 32                  # decoded samples written per row
+    if variant == "smoke":
+        c.model.width, c.model.depth = 32, 1
+        c.train.num_steps = 4
+        c.train.batch_size = 16
+        c.train.warmup_steps = 2
+        c.train.log_every = 2
+        c.train.checkpoint_every = 2
+        c.eval.step_counts = (T,)
+        c.eval.num_samples = 32
+        c.eval.batch_size = 32
+    return c
