@@ -316,13 +316,33 @@ def test_sampling_with_the_analytic_sigma_bar_reproduces_the_data_variance(name,
     assert errors["plain"] > 3 * errors["analytic"], errors
 
 
+def _two_scale_sigma_bar_sq(process):
+    """An increasing sigma_bar_t^2 profile that is not a single Gaussian's: for N(0, s^2) data the
+    bound of the optimal variance is the same for EVERY trajectory (a mutual information), so
+    only a non-Gaussian profile tells trajectories apart."""
+    ab, bb = (np.asarray(v, np.float64) for v in (process.alpha_bar, process.beta_bar))
+    r = bb ** 2 / ab ** 2
+    return 0.5 * (0.1 ** 2 * r / (0.1 ** 2 + r) + r / (1.0 + r))
+
+
+def test_gaussian_data_make_every_trajectory_equally_good():
+    ab, bb = (np.asarray(v, np.float64) for v in (P.alpha_bar, P.beta_bar))
+    cost, decoder = variance.trajectory_costs(P, S ** 2 * bb ** 2 / (ab ** 2 * S ** 2 + bb ** 2))
+    totals = [decoder[tau[0]] + sum(cost[a, b] for a, b in zip(tau[:-1], tau[1:]))
+              for tau in ([200, 400, 600, 800, 1000], [996, 997, 998, 999, 1000], [1, 2, 3, 4, 1000])]
+    np.testing.assert_allclose(totals, totals[0], rtol=1e-5)   # float32 schedule arrays
+    cost, decoder = variance.trajectory_costs(P, _two_scale_sigma_bar_sq(P))
+    other = [decoder[tau[0]] + sum(cost[a, b] for a, b in zip(tau[:-1], tau[1:]))
+             for tau in ([200, 400, 600, 800, 1000], [1, 2, 3, 4, 1000])]
+    assert abs(other[0] - other[1]) > 1e-2 * abs(other[0])      # ... unlike other data
+
+
 @pytest.mark.parametrize("bin_width", [None, 2.0 / 16])
 def test_optimal_trajectory_is_the_brute_force_minimum(bin_width):
     """The dynamic programme's K-step sequence minimises J over every sequence (T = 12 exhaustive)."""
     import itertools
     small = GaussianProcess.from_schedule("blog", 12)
-    ab, bb = (np.asarray(v, np.float64) for v in (small.alpha_bar, small.beta_bar))
-    sb2 = S ** 2 * bb ** 2 / (ab ** 2 * S ** 2 + bb ** 2)          # exact Var[x_0|x_t]
+    sb2 = _two_scale_sigma_bar_sq(small)
     cost, decoder = variance.trajectory_costs(small, sb2, bin_width=bin_width)
 
     def objective(tau):
@@ -353,3 +373,14 @@ def test_trajectory_cost_is_the_kl_of_the_optimal_step():
     assert np.isinf(cost[0]).all() and np.isinf(cost[5, 5]) and np.isinf(cost[6, 5])
     with pytest.raises(ValueError, match="every t"):
         variance.trajectory_costs(P, np.full(T + 1, np.nan))
+
+
+def test_a_spurious_zero_does_not_make_a_free_jump():
+    """A Monte Carlo sigma_bar^2 clipped to 0 at one large t (Gamma_t > 1) would make the step
+    into t cost nothing; the running maximum keeps the trajectory the same as without it."""
+    sb2 = _two_scale_sigma_bar_sq(P)
+    spoiled = sb2.copy()
+    spoiled[975] = 0.0
+    for k in (5, 10):
+        np.testing.assert_array_equal(variance.optimal_trajectory(P, spoiled, k, bin_width=0.125),
+                                      variance.optimal_trajectory(P, sb2, k, bin_width=0.125))

@@ -626,6 +626,9 @@ def trajectory_costs(process, sigma_bar_sq: Array, *, bin_width: Optional[float]
         decoder[t] = max(0, that - log(bin_width))       (a discretised decoder: a probability
                                                           <= 1, about density x bin width).
 
+    sigma_bar_sq is first made non-decreasing in t (its running maximum), as the true
+    E Var[x_0 | x_t] is.
+
     Args:
         process: GaussianProcess.
         sigma_bar_sq: [T + 1] sigma_bar_t^2 for every t = 1..T (index 0 unused).
@@ -638,6 +641,10 @@ def trajectory_costs(process, sigma_bar_sq: Array, *, bin_width: Optional[float]
     if sb2.shape != (process.num_timesteps + 1,) or np.any(np.isnan(sb2[1:])):
         raise ValueError(f"sigma_bar_sq must be [T + 1] = [{process.num_timesteps + 1}] and "
                          f"known for every t >= 1 (estimate Gamma_t on all of 1..T)")
+    # E Var[x_0 | x_t] cannot decrease with t (x_t is a noisier copy of x_s, s < t); a Monte
+    # Carlo estimate can (Gamma_t > 1 from noise or bias clips sigma_bar_t^2 to 0), and a zero
+    # would make the jump into t free. The running maximum restores the order.
+    sb2 = np.concatenate([sb2[:1], np.maximum.accumulate(sb2[1:])])
     ab = np.asarray(process.alpha_bar, np.float64)
     bb = np.asarray(process.beta_bar, np.float64)
     s, t = np.meshgrid(np.arange(ab.size), np.arange(ab.size), indexing="ij")
