@@ -30,7 +30,7 @@ def get_config(process: str, data: str, variant: str = ""):
     c.process = ml_collections.ConfigDict(dict(PROCESS_FIELDS[process], seq_len=seq_len,
                                                vocab_size=vocab_size))
     c.model = ml_collections.ConfigDict(dict(
-        name="token_denoiser", width=128, depth=4, num_heads=4, mlp_ratio=4, dropout=0.0,
+        name="token_denoiser", width=64, depth=3, num_heads=4, mlp_ratio=4, dropout=0.0,
         attention_scale="standard"))
     c.train.num_steps = 3000
     c.train.batch_size = 128
