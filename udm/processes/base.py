@@ -44,3 +44,10 @@ def correct_by_inversion(process: InvertibleProcess, t, s, xt: Array, x0_hat: Ar
     eps_new = jax.random.normal(key, xt.shape, xt.dtype)
     keep = jnp.sqrt(jnp.maximum(1.0 - sigma_tilde ** 2, 0.0))
     return process.forward(s, x0_hat, keep * eps_inferred + sigma_tilde * eps_new)
+
+
+def check_no_weighting(process_name: str, weighting: str) -> None:
+    """The loss of processes without per-t weightings accepts only "none"."""
+    if weighting != "none":
+        raise ValueError(f"unknown loss weighting {weighting!r} for the {process_name} process; "
+                         f"valid names: none")

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from udm.processes import tokens
+from udm.processes.base import check_no_weighting
 
 Array = Any
 
@@ -200,9 +201,7 @@ class EditProcess:
     # --- training (spec 01 A4) ----------------------------------------------------------------
 
     def check_weighting(self, weighting: str) -> None:
-        if weighting != "none":
-            raise ValueError(f"unknown loss weighting {weighting!r} for the edit process; "
-                             f"valid names: none")
+        check_no_weighting("edit", weighting)
 
     def loss(self, t, x0: Array, eps: EditNoise, output: Array, *, weighting: str = "none"):
         """(loss, loss) of one example: mean token cross-entropy over all l positions.

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from udm.processes import tokens
+from udm.processes.base import check_no_weighting
 
 Array = Any
 
@@ -140,9 +141,7 @@ class MaskingProcess:
     # --- training (spec 01 A4) ----------------------------------------------------------------
 
     def check_weighting(self, weighting: str) -> None:
-        if weighting != "none":
-            raise ValueError(f"unknown loss weighting {weighting!r} for the masking process; "
-                             f"valid names: none")
+        check_no_weighting("masking", weighting)
 
     def loss(self, t, x0: Array, eps: Array, output: Array, *, weighting: str = "none"):
         """(loss, loss) of one example: mean token cross-entropy over the t masked positions.
