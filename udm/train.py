@@ -19,8 +19,7 @@ from udm import checkpoint as ckpt_lib
 from udm import parallel
 from udm.data import TEXT_DATASETS, TextDataset, batch_at_step, load_dataset, load_text_dataset
 from udm import losses, variance, variance_heads
-from udm.nn import ATTENTION_SCALES, UNet, count_params
-from udm.nn.token_model import TokenDenoiser
+from udm.nn import ATTENTION_SCALES, TokenDenoiser, UNet, count_params
 from udm.processes import LOSS_WEIGHTINGS, PREDICTION_TARGETS, PROCESSES, TOKEN_PROCESSES
 from udm.samplers import SAMPLERS, SPACINGS
 from udm.sde_samplers import CONTINUOUS_SAMPLERS

@@ -1,7 +1,8 @@
-"""Flax layers: time embeddings, (entropy-aware) attention and the DDPM U-Net."""
+"""Flax layers: time embeddings, (entropy-aware) attention, the DDPM U-Net and the TokenDenoiser."""
 from udm.nn.attention import (ATTENTION_SCALES, MultiHeadAttention, SelfAttention, attention,
                               attention_weights, dot_product_attention)
 from udm.nn.embeddings import timestep_embedding
+from udm.nn.token_model import TokenDenoiser
 from udm.nn.transformer import TransformerEncoder, rotary_embedding
 from udm.nn.unet import UNet, count_params
 
@@ -9,6 +10,7 @@ __all__ = [
     "ATTENTION_SCALES",
     "MultiHeadAttention",
     "SelfAttention",
+    "TokenDenoiser",
     "TransformerEncoder",
     "UNet",
     "attention",
