@@ -50,3 +50,17 @@ def test_reproduce_variance_tables_smoke(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert os.path.getmtime(tmp_path / "cells.json") == mtime
+
+
+def test_reproduce_udm_examples_smoke(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.reproduce_udm_examples", "--smoke",
+           "--models=cold_digits,masking_arithmetic", f"--workdir={tmp_path}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "udm_examples.md").read_text()
+    assert "| cold (blur) | baseline (naive) | 5 |" in table
+    assert "| cold (blur) | improved | 5 |" in table
+    assert "| masking | improved | 9 |" in table
+    results = json.loads((tmp_path / "udm_examples.json").read_text())["results"]
+    assert [r["model"] for r in results] == ["cold_digits", "masking_arithmetic"]
