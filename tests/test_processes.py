@@ -84,3 +84,24 @@ def test_process_trains_through_the_generic_loss(name):
     assert "unweighted_loss" in aux
     with pytest.raises(ValueError):
         make_loss_fn(process, apply_fn, weighting="no_such_weighting")
+
+
+@pytest.mark.parametrize("name", ["cold_blur", "masking"])
+def test_sampler_path_records_every_state(name):
+    """return_path gives the K states of the same run (the last one is x_0)."""
+    process = PROCESSES.get(name)(**KWARGS[name])
+    x0 = _data(process, jax.random.PRNGKey(3))
+    eps = process.sample_eps(jax.random.PRNGKey(4), x0.shape, x0.dtype)
+    T = process.num_timesteps
+    x_T = jax.vmap(process.forward)(jnp.full((x0.shape[0],), T), x0, eps)
+    key = jax.random.PRNGKey(5)
+    plain = make_sampler(process, _oracle(process, x0), num_steps=T, name="improved")
+    traced = make_sampler(process, _oracle(process, x0), num_steps=T, name="improved",
+                          return_path=True)
+    out, path = traced(None, x_T, key=key)
+    assert path.shape == (T, *x0.shape)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(plain(None, x_T, key=key)))
+    np.testing.assert_array_equal(np.asarray(path[-1]), np.asarray(out))
+    if name == "masking":  # the improved sampler unmasks exactly one position per step
+        masks = np.sum(np.asarray(path) == process.mask_id, axis=-1)
+        np.testing.assert_array_equal(masks, np.arange(T - 1, -1, -1)[:, None] * np.ones((1, 4)))

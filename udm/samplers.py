@@ -119,7 +119,7 @@ class SamplerStep(NamedTuple):
 def make_sampler(process, predictor: Predictor, *, num_steps: int, name: str = "ddim",
                  eta: float = 0.0, spacing: str = "uniform",
                  sigma_bar: Optional[Array] = None, std_cap: Optional[Array] = None,
-                 jit: bool = True):
+                 return_path: bool = False, jit: bool = True):
     """Builds `sample(params, x_T, *, key) -> x_0` for any process and predictor.
 
     Each step (spec 01 A3, B1.2): x0_hat = predictor(params, x_t, t) [+ std eps'],
@@ -142,9 +142,11 @@ def make_sampler(process, predictor: Predictor, *, num_steps: int, name: str = "
         sigma_bar_t); None means the point estimate (or the predictor's own Estimate std).
       std_cap: optional [T + 1] upper bound on that std at each t (see
         `udm.variance.std_cap`: 0 makes a step mean-only, a finite value is the pixel clip).
+      return_path: also return every state: (x_0, path [K, B, ...]) with path[i] the state
+        after step i (path[-1] = x_0), for trajectories and strips.
       jit: return a jitted function (default) or the pure one.
     Returns:
-      sample(params, x_T, *, key) -> x_0 with the shape of x_T.
+      sample(params, x_T, *, key) -> x_0 with the shape of x_T (or (x_0, path)).
     """
     rule = SAMPLERS.get(name)
     if not 0.0 <= eta <= 1.0:
@@ -169,10 +171,11 @@ def make_sampler(process, predictor: Predictor, *, num_steps: int, name: str = "
             sigma_tilde = rule(process, step.t, step.s, eta)
             x_next = process.correct(step.t, step.s, x, x0_hat,
                                      sigma_tilde=sigma_tilde, key=correct_key)
-            return x_next.astype(x.dtype), None
+            x_next = x_next.astype(x.dtype)
+            return x_next, (x_next if return_path else None)
 
-        x0, _ = jax.lax.scan(body, x_T, steps)
-        return x0
+        x0, path = jax.lax.scan(body, x_T, steps)
+        return (x0, path) if return_path else x0
 
     return jax.jit(sample) if jit else sample
 
