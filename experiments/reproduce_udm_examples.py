@@ -5,7 +5,8 @@ same loss, with the baseline design (fresh corruption of x0_hat) beside the impr
 Images (8x8 digits, FD-digits): hot diffusion (DDPM / DDIM), cold blur, heat dissipation, each of
 the last two also with a little noise on the collapsed prior state. Text (the arithmetic
 language "ab+cd=efg", validity checked exactly; perplexity of samples under a 3-gram model of
-held-out equations; distinct-2): masking, edit v1 / v2, D3PM uniform / absorbing.
+held-out equations; distinct-2): masking, edit v1 / v2, D3PM uniform / absorbing; English (Lee
+corpus windows: perplexity, distinct-n): masking, edit v2, D3PM absorbing.
 
   python -m experiments.reproduce_udm_examples --workdir=workdir
   python -m experiments.reproduce_udm_examples --smoke --workdir=/tmp/udm_examples   # seconds
@@ -42,9 +43,9 @@ def _image(module, variant=""):
     return config
 
 
-def _text(process):
+def _text(process, data="arithmetic"):
     def config():
-        c = token_base.get_config(process, "arithmetic", "smoke" if _SMOKE.value else "")
+        c = token_base.get_config(process, data, "smoke" if _SMOKE.value else "")
         if not _SMOKE.value:
             c.train.num_steps = _TEXT_STEPS.value
         if process == "edit_v1":  # not invertible: only the baseline design exists (spec 01 B3)
@@ -65,6 +66,9 @@ MODELS = {
     "edit_arithmetic": ("edit v2", "arithmetic", _text("edit")),
     "d3pm_uniform_arithmetic": ("D3PM uniform", "arithmetic", _text("d3pm_uniform")),
     "d3pm_absorbing_arithmetic": ("D3PM absorbing", "arithmetic", _text("d3pm_absorbing")),
+    "masking_lee": ("masking", "lee", _text("masking", "lee")),
+    "edit_lee": ("edit v2", "lee", _text("edit", "lee")),
+    "d3pm_absorbing_lee": ("D3PM absorbing", "lee", _text("d3pm_absorbing", "lee")),
 }
 DESIGN = {"baseline": "baseline (naive)", "improved": "improved", "ddpm": "DDPM",
           "ddim (eta=0)": "DDIM"}
@@ -96,7 +100,8 @@ def _cell(row, key, fmt):
 
 def markdown(results) -> str:
     image = [r for r in results if r["data"] == "digits"]
-    text = [r for r in results if r["data"] != "digits"]
+    text = [r for r in results if r["data"] == "arithmetic"]
+    english = [r for r in results if r["data"] == "lee"]
     lines = []
     if image:
         real = image[0]["rows"][0]
@@ -129,6 +134,22 @@ def markdown(results) -> str:
                              f"{_cell(row, 'sample_perplexity', '{:.2f}')} | "
                              f"{_cell(row, 'distinct_2', '{:.3f}')} | "
                              f"{_cell(row, 'unique_fraction', '{:.3f}')} | "
+                             f"{_cell(row, 'train_copy_fraction', '{:.3f}')} |")
+    if english:
+        real = english[0]["rows"][0]
+        lines += ["", f"English: gensim's Lee corpus as 32-character windows (vocabulary 41), "
+                  f"{english[0]['num_samples']} samples per row, {english[0]['train_steps']} "
+                  f"training steps. Real training windows: perplexity under the held-out 3-gram "
+                  f"{real['sample_perplexity']:.2f}, distinct-2 {real['distinct_2']:.3f}; uniform "
+                  f"random strings {real['random_perplexity']:.2f}.", "",
+                  "| process | design | steps K | perplexity ↓ | distinct-1 | distinct-2 | "
+                  "copies of training windows |", "|---|---|---|---|---|---|---|"]
+        for res in english:
+            for row in res["rows"][1:]:
+                lines.append(f"| {res['process']} | {DESIGN.get(row['samples'], row['samples'])} "
+                             f"| {row['steps']} | {_cell(row, 'sample_perplexity', '{:.2f}')} | "
+                             f"{_cell(row, 'distinct_1', '{:.3f}')} | "
+                             f"{_cell(row, 'distinct_2', '{:.3f}')} | "
                              f"{_cell(row, 'train_copy_fraction', '{:.3f}')} |")
     return "\n".join(lines) + "\n"
 
