@@ -190,10 +190,11 @@ _HEADERS = ["samples", "steps K", "NFE", "FD-digits ↓", "class entropy (nats) 
             "mean NN distance to train", "memorised fraction", "sampling time (s)"]
 
 
-def markdown_table(rows: List[Dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(_HEADERS) + " |", "|" + "---|" * len(_HEADERS)]
+def markdown_table(rows: List[Dict[str, Any]], columns=_COLUMNS, headers=_HEADERS) -> str:
+    """One markdown row per dict; `columns` are (key, format) pairs, "–" where a value is None."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        cells = [fmt.format(row[k]) if row.get(k) is not None else "–" for k, fmt in _COLUMNS]
+        cells = [fmt.format(row[k]) if row.get(k) is not None else "–" for k, fmt in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -322,15 +323,12 @@ def evaluate_text(config, workdir: str, *, process, eval_apply, params, dataset,
                          **metrics.text_report(samples, dataset, reference, seed=config.seed)))
         _atomic_write(os.path.join(workdir, f"samples_{name}_{k}.txt"),
                       "\n".join(dataset.decode(samples[:ec.grid_size])) + "\n")
-    lines = ["| " + " | ".join(_TEXT_HEADERS) + " |", "|" + "---|" * len(_TEXT_HEADERS)]
-    for row in rows:
-        lines.append("| " + " | ".join(fmt.format(row[key]) if row.get(key) is not None else "–"
-                                       for key, fmt in _TEXT_COLUMNS) + " |")
     table = (f"Evaluation of {dataset.name} (l = {dataset.seq_len}, V = {dataset.vocab_size}) at "
              f"training step {config.train.num_steps}: {n} samples per row; held-out 3-gram "
              f"perplexity of held-out text under a train-fitted model "
              f"{rows[0]['heldout_perplexity']:.2f}, of uniform random text "
-             f"{rows[0]['random_perplexity']:.2f}.\n\n" + "\n".join(lines) + "\n")
+             f"{rows[0]['random_perplexity']:.2f}.\n\n"
+             + markdown_table(rows, _TEXT_COLUMNS, _TEXT_HEADERS) + "\n")
     results = dict(num_samples=n, rows=rows)
     _atomic_write(os.path.join(workdir, "results.md"), table)
     _atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))

@@ -181,9 +181,6 @@ def training_data(dataset) -> np.ndarray:
     return dataset.train_tokens if isinstance(dataset, TextDataset) else dataset.train_images
 
 
-def held_out_data(dataset) -> np.ndarray:
-    return dataset.test_tokens if isinstance(dataset, TextDataset) else dataset.test_images
-
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
     """AdamW with linear warm-up to a constant rate and global-norm gradient clipping."""
