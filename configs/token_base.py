@@ -17,6 +17,9 @@ PROCESS_FIELDS = {
     "edit_v1": dict(name="edit", version=1),
     "d3pm_uniform": dict(name="d3pm_uniform", num_timesteps=20),
     "d3pm_absorbing": dict(name="d3pm_absorbing", num_timesteps=20),
+    # B5: a learned encoder (16-d latent per token, vectors of norm 4) + hot diffusion in it.
+    "encoding": dict(name="encoding", latent_dim=16, schedule="cosine", num_timesteps=200,
+                     normalize=True, estimate="sample"),
 }
 
 
@@ -40,6 +43,9 @@ def get_config(process: str, data: str, variant: str = ""):
     c.sampler.num_steps = T
     c.eval.samplers = ("baseline", "improved")
     c.eval.step_counts = tuple(sorted({max(1, T // 3), T}))
+    if process == "encoding":  # hot diffusion in the latent: DDPM's variance exists too
+        c.eval.samplers = ("baseline", "ddpm", "improved")
+        c.eval.step_counts = (T // 10, T)
     c.eval.num_samples = 512
     c.eval.batch_size = 128
     c.eval.grid_size = 32                  # decoded samples written per row

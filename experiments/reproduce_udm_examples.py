@@ -5,8 +5,9 @@ same loss, with the baseline design (fresh corruption of x0_hat) beside the impr
 Images (8x8 digits, FD-digits): hot diffusion (DDPM / DDIM), cold blur, heat dissipation, each of
 the last two also with a little noise on the collapsed prior state. Text (the arithmetic
 language "ab+cd=efg", validity checked exactly; perplexity of samples under a 3-gram model of
-held-out equations; distinct-2): masking, edit v1 / v2, D3PM uniform / absorbing; English (Lee
-corpus windows: perplexity, distinct-n): masking, edit v2, D3PM absorbing.
+held-out equations; distinct-2): masking, edit v1 / v2, D3PM uniform / absorbing, the encoding
+model (with and without its encoder-norm guard); English (Lee corpus windows: perplexity,
+distinct-n): masking, edit v1 / v2, D3PM uniform / absorbing, encoding.
 
   python -m experiments.reproduce_udm_examples --workdir=workdir
   python -m experiments.reproduce_udm_examples --smoke --workdir=/tmp/udm_examples   # seconds
@@ -43,9 +44,10 @@ def _image(module, variant=""):
     return config
 
 
-def _text(process, data="arithmetic"):
+def _text(process, data="arithmetic", **process_fields):
     def config():
         c = token_base.get_config(process, data, "smoke" if _SMOKE.value else "")
+        c.process.update(process_fields)
         if not _SMOKE.value:
             c.train.num_steps = _TEXT_STEPS.value
         if process == "edit_v1":  # not invertible: only the baseline design exists (spec 01 B3)
@@ -66,9 +68,15 @@ MODELS = {
     "edit_arithmetic": ("edit v2", "arithmetic", _text("edit")),
     "d3pm_uniform_arithmetic": ("D3PM uniform", "arithmetic", _text("d3pm_uniform")),
     "d3pm_absorbing_arithmetic": ("D3PM absorbing", "arithmetic", _text("d3pm_absorbing")),
+    "encoding_arithmetic": ("encoding", "arithmetic", _text("encoding")),
+    "encoding_unguarded_arithmetic": ("encoding, no norm guard", "arithmetic",
+                                      _text("encoding", normalize=False)),
     "masking_lee": ("masking", "lee", _text("masking", "lee")),
+    "edit_v1_lee": ("edit v1", "lee", _text("edit_v1", "lee")),
     "edit_lee": ("edit v2", "lee", _text("edit", "lee")),
+    "d3pm_uniform_lee": ("D3PM uniform", "lee", _text("d3pm_uniform", "lee")),
     "d3pm_absorbing_lee": ("D3PM absorbing", "lee", _text("d3pm_absorbing", "lee")),
+    "encoding_lee": ("encoding", "lee", _text("encoding", "lee")),
 }
 DESIGN = {"baseline": "baseline (naive)", "improved": "improved", "ddpm": "DDPM",
           "ddim (eta=0)": "DDIM"}
@@ -89,9 +97,28 @@ def run_model(name: str) -> dict:
     results = train.train_and_evaluate(config, workdir)
     result = dict(model=name, process=label, data=data, train_steps=config.train.num_steps,
                   num_samples=results["num_samples"], seconds=time.perf_counter() - start,
-                  rows=results["rows"])
+                  rows=results["rows"], final_metrics=_last_metrics(workdir))
     write_json(rows_path, result)
     return result
+
+
+def _last_metrics(workdir: str) -> dict:
+    """The last training log line (loss, and a process's diagnostics such as encoder_rms)."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        lines = [line for line in f if line.strip()]
+    return json.loads(lines[-1])
+
+
+def _encoder_note(results) -> list:
+    """One line on the encoders of the encoding models (the collapse guard, spec 01 B5)."""
+    parts = [f"{r['process']} ({r['data']}): RMS per latent dimension "
+             f"{r['final_metrics']['encoder_rms']:.2f}, closest two tokens "
+             f"{r['final_metrics']['encoder_min_distance']:.2f} apart"
+             for r in results if "encoder_rms" in r.get("final_metrics", {})]
+    if not parts:
+        return []
+    return ["", "Encoders after training (the latent noise has std 1 per dimension): "
+            + "; ".join(parts) + "."]
 
 
 def _cell(row, key, fmt):
@@ -151,6 +178,7 @@ def markdown(results) -> str:
                              f"{_cell(row, 'distinct_1', '{:.3f}')} | "
                              f"{_cell(row, 'distinct_2', '{:.3f}')} | "
                              f"{_cell(row, 'train_copy_fraction', '{:.3f}')} |")
+    lines += _encoder_note(results)
     return "\n".join(lines) + "\n"
 
 

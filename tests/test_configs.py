@@ -147,7 +147,7 @@ def test_cold_config_errors_name_the_field(fields, message):
 
 
 @pytest.mark.parametrize("name", [f"{p}_{d}" for p in ("masking", "edit", "d3pm_uniform",
-                                                        "d3pm_absorbing")
+                                                        "d3pm_absorbing", "encoding")
                                   for d in ("arithmetic", "lee")])
 @pytest.mark.parametrize("variant", ["", "smoke"])
 def test_token_configs_validate(name, variant):

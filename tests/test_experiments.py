@@ -54,13 +54,14 @@ def test_reproduce_variance_tables_smoke(tmp_path):
 
 def test_reproduce_udm_examples_smoke(tmp_path):
     cmd = [sys.executable, "-m", "experiments.reproduce_udm_examples", "--smoke",
-           "--models=cold_digits,masking_arithmetic", f"--workdir={tmp_path}"]
+           "--models=cold_digits,encoding_arithmetic", f"--workdir={tmp_path}"]
     done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "udm_examples.md").read_text()
     assert "| cold (blur) | baseline (naive) | 5 |" in table
     assert "| cold (blur) | improved | 5 |" in table
-    assert "| masking | improved | 9 |" in table
+    assert "| encoding | DDPM | 200 |" in table and "| encoding | improved | 200 |" in table
+    assert "encoding (arithmetic): RMS per latent dimension 1.00" in table  # normalised encoder
     results = json.loads((tmp_path / "udm_examples.json").read_text())["results"]
-    assert [r["model"] for r in results] == ["cold_digits", "masking_arithmetic"]
+    assert [r["model"] for r in results] == ["cold_digits", "encoding_arithmetic"]

@@ -11,6 +11,7 @@ import pytest
 
 from udm.losses import make_loss_fn
 from udm.processes import PROCESSES, TOKEN_PROCESSES
+from udm.processes.base import init_params
 from udm.samplers import make_sampler
 
 SEQ_LEN, VOCAB = 6, 5
@@ -22,6 +23,7 @@ KWARGS = {
     "edit": dict(seq_len=SEQ_LEN, vocab_size=VOCAB),
     "d3pm_uniform": dict(seq_len=SEQ_LEN, vocab_size=VOCAB, num_timesteps=6),
     "d3pm_absorbing": dict(seq_len=SEQ_LEN, vocab_size=VOCAB, num_timesteps=6),
+    "encoding": dict(seq_len=SEQ_LEN, vocab_size=VOCAB, latent_dim=8, num_timesteps=20),
 }
 DISCRETE_TIME = [name for name in PROCESSES.names() if name != "sde"]
 
@@ -53,7 +55,7 @@ def test_process_runs_through_the_generic_sampler(name, design):
     x_T = jax.vmap(process.forward)(jnp.full((x0.shape[0],), T), x0, eps)
     for num_steps in (T, 2):
         out = make_sampler(process, _oracle(process, x0), num_steps=num_steps,
-                           name=design)(None, x_T, key=key_sample)
+                           name=design)(init_params(process, None), x_T, key=key_sample)
         assert out.shape == x0.shape and out.dtype == x0.dtype
         if isinstance(process, TOKEN_PROCESSES):
             # Both designs end at the oracle's x_0 (the baseline re-corrupts x0_hat = x_0 with
@@ -71,6 +73,8 @@ def test_process_trains_through_the_generic_loss(name):
     if isinstance(process, TOKEN_PROCESSES):
         def apply_fn(params, xt, t, key):
             del key
+            if jnp.issubdtype(xt.dtype, jnp.floating):  # the encoding model's latents
+                return params * xt[..., :VOCAB]
             return params * jnp.ones(xt.shape + (VOCAB,)) + jax.nn.one_hot(
                 jnp.minimum(xt, VOCAB - 1), VOCAB)
     else:
@@ -78,9 +82,14 @@ def test_process_trains_through_the_generic_loss(name):
             del key
             return params * xt
     loss_fn = jax.jit(make_loss_fn(process, apply_fn))
+    params = init_params(process, jnp.float32(0.5))
     (loss, aux), grad = jax.value_and_grad(lambda p: loss_fn(p, x0, key=jax.random.PRNGKey(2)),
-                                           has_aux=True)(jnp.float32(0.5))
-    assert np.isfinite(float(loss)) and float(loss) > 0 and np.isfinite(float(grad))
+                                           has_aux=True)(params)
+    assert np.isfinite(float(loss)) and float(loss) > 0
+    grads = jax.tree.leaves(grad)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+    # A process with learned parameters is trained jointly: its gradient reaches them.
+    assert len(grads) == 1 or all(float(jnp.abs(g).max()) > 0 for g in grads)
     assert "unweighted_loss" in aux
     with pytest.raises(ValueError):
         make_loss_fn(process, apply_fn, weighting="no_such_weighting")

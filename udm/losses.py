@@ -4,6 +4,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from udm.processes.base import split_params
+
 Array = Any
 
 
@@ -17,25 +19,31 @@ def make_loss_fn(process, apply_fn: Callable, *, weighting: str = "none"):
     cold diffusion, cross-entropy for token corruptions).
 
     Args:
-      process: a UDM process (udm.processes).
+      process: a UDM process (udm.processes). A process with learned parameters (the encoding
+        model) takes params = {"network": ..., "process": ...} and is trained jointly.
       apply_fn: `apply_fn(params, x_t [B, ...], t [B], key) -> output [B, ...]`; the key feeds
         dropout.
       weighting: a per-t loss weighting the process knows (Gaussian: LOSS_WEIGHTINGS).
     Returns:
-      loss_fn(params, x0 [B, ...], *, key) -> (scalar loss, dict of per-batch diagnostics).
+      loss_fn(params, x0 [B, ...], *, key) -> (scalar loss, dict of per-batch diagnostics,
+      with the process's own `diagnostics()` where it has them).
     """
     process.check_weighting(weighting)  # fail early on a name the process does not know
 
     def loss_fn(params, x0, *, key):
         t_key, eps_key, net_key = jax.random.split(key, 3)
+        proc, network_params = split_params(process, params)
         batch = x0.shape[0]
-        t = jax.random.randint(t_key, (batch,), 1, process.num_timesteps + 1)
-        eps = process.sample_eps(eps_key, x0.shape, x0.dtype)
-        xt = jax.vmap(process.forward)(t, x0, eps)
-        output = apply_fn(params, xt, t, net_key)
+        t = jax.random.randint(t_key, (batch,), 1, proc.num_timesteps + 1)
+        eps = proc.sample_eps(eps_key, x0.shape, x0.dtype)
+        xt = jax.vmap(proc.forward)(t, x0, eps)
+        output = apply_fn(network_params, xt, t, net_key)
         weighted, unweighted = jax.vmap(
-            lambda *a: process.loss(*a, weighting=weighting))(t, x0, eps, output)
-        return jnp.mean(weighted), {"unweighted_loss": jnp.mean(unweighted)}
+            lambda *a: proc.loss(*a, weighting=weighting))(t, x0, eps, output)
+        aux = {"unweighted_loss": jnp.mean(unweighted)}
+        if hasattr(proc, "diagnostics"):  # e.g. the encoding model's encoder scale
+            aux.update(proc.diagnostics())
+        return jnp.mean(weighted), aux
 
     return loss_fn
 

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from udm.processes.base import decode, split_params
 from udm.registry import Registry
 
 Array = Any
@@ -125,7 +126,9 @@ def make_sampler(process, predictor: Predictor, *, num_steps: int, name: str = "
     Each step (spec 01 A3, B1.2): x0_hat = predictor(params, x_t, t) [+ std eps'],
     then x_s = process.correct(t, s, x_t, x0_hat, sigma_tilde=rule(t, s), key=...).
     The K steps run as one lax.scan over a precomputed grid, so the step is traced once
-    whatever K is; step keys are fold_in(key, step index).
+    whatever K is; step keys are fold_in(key, step index). A process with learned parameters
+    (the encoding model) takes params = {"network": ..., "process": ...} and its final latent
+    state is decoded to data (`udm.processes.base.split_params`, `decode`).
 
     Args:
       process: a process object (e.g. GaussianProcess).
@@ -143,7 +146,8 @@ def make_sampler(process, predictor: Predictor, *, num_steps: int, name: str = "
       std_cap: optional [T + 1] upper bound on that std at each t (see
         `udm.variance.std_cap`: 0 makes a step mean-only, a finite value is the pixel clip).
       return_path: also return every state: (x_0, path [K, B, ...]) with path[i] the state
-        after step i (path[-1] = x_0), for trajectories and strips.
+        after step i (path[-1] = x_0, before `decode` for a latent chain), for trajectories
+        and strips.
       jit: return a jitted function (default) or the pure one.
     Returns:
       sample(params, x_T, *, key) -> x_0 with the shape of x_T (or (x_0, path)).
@@ -156,10 +160,12 @@ def make_sampler(process, predictor: Predictor, *, num_steps: int, name: str = "
                         index=jnp.arange(num_steps, dtype=jnp.int32))
 
     def sample(params, x_T, *, key):
+        proc, network_params = split_params(process, params)
+
         def body(x, step):
             step_key = jax.random.fold_in(key, step.index)
             estimate_key, correct_key = jax.random.split(step_key)
-            x0_hat, std = predictor(params, x, step.t), None
+            x0_hat, std = predictor(network_params, x, step.t), None
             if isinstance(x0_hat, Estimate):
                 x0_hat, std = x0_hat
             if sigma_bar is not None:
@@ -168,13 +174,14 @@ def make_sampler(process, predictor: Predictor, *, num_steps: int, name: str = "
                 if std_cap is not None:
                     std = jnp.minimum(std, std_cap[step.t])
                 x0_hat = x0_hat + std * jax.random.normal(estimate_key, x.shape, x.dtype)
-            sigma_tilde = rule(process, step.t, step.s, eta)
-            x_next = process.correct(step.t, step.s, x, x0_hat,
-                                     sigma_tilde=sigma_tilde, key=correct_key)
+            sigma_tilde = rule(proc, step.t, step.s, eta)
+            x_next = proc.correct(step.t, step.s, x, x0_hat,
+                                  sigma_tilde=sigma_tilde, key=correct_key)
             x_next = x_next.astype(x.dtype)
             return x_next, (x_next if return_path else None)
 
         x0, path = jax.lax.scan(body, x_T, steps)
+        x0 = decode(proc, x0)
         return (x0, path) if return_path else x0
 
     return jax.jit(sample) if jit else sample

@@ -21,6 +21,7 @@ from udm.data import TEXT_DATASETS, TextDataset, batch_at_step, load_dataset, lo
 from udm import losses, variance, variance_heads
 from udm.nn import ATTENTION_SCALES, TokenDenoiser, UNet, count_params
 from udm.processes import LOSS_WEIGHTINGS, PREDICTION_TARGETS, PROCESSES, TOKEN_PROCESSES
+from udm.processes import base as process_base
 from udm.samplers import SAMPLERS, SPACINGS
 from udm.sde_samplers import CONTINUOUS_SAMPLERS
 
@@ -84,10 +85,12 @@ def _validate_process_and_samplers(config) -> None:
             raise ValueError(f"config.process ({config.process.name!r}) is invalid: {e}") from e
         T = process.num_timesteps
         process.check_weighting(config.train.loss_weighting)
-        bad = [n for n in (config.sampler.name, *config.eval.samplers)
-               if n not in ("baseline", "improved")]
-        _check(not bad, f"process {config.process.name!r} samples with the 'baseline' or "
-                        f"'improved' design (spec 01 A5), got {bad}")
+        # ddpm / ddim need DDPM's variance; every process has the two UDM designs (spec 01 A5).
+        designs = ("baseline", "improved") + (
+            ("ddpm", "ddim") if hasattr(process, "ddpm_sigma_tilde") else ())
+        bad = [n for n in (config.sampler.name, *config.eval.samplers) if n not in designs]
+        _check(not bad, f"process {config.process.name!r} samples with "
+                        f"{', '.join(repr(d) for d in designs)} (spec 01 A5), got {bad}")
     SAMPLERS.get(config.sampler.name)
     SPACINGS.get(config.sampler.spacing)
     for name in config.eval.samplers:
@@ -165,7 +168,7 @@ def make_model(config, process=None):
     if name == "token_denoiser":
         if process is None or not isinstance(process, TOKEN_PROCESSES):
             raise ValueError("config.model.name='token_denoiser' needs a token process "
-                             "(masking, edit, d3pm_uniform, d3pm_absorbing)")
+                             "(masking, edit, encoding, d3pm_uniform, d3pm_absorbing)")
         return TokenDenoiser(input_vocab_size=process.num_input_tokens,
                              output_vocab_size=process.vocab_size, max_time=process.num_timesteps,
                              **model_kwargs)
@@ -191,10 +194,21 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
         optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=train_config.weight_decay))
 
 
-def init_state(model, optimizer, example, key) -> TrainState:
-    """A fresh TrainState; `example` [N, ...] gives the input shape and dtype (images or tokens)."""
-    dummy_x = jnp.zeros((1, *example.shape[1:]), example.dtype)
+def init_state(model, optimizer, example, key, *, process=None) -> TrainState:
+    """A fresh TrainState; `example` [N, ...] gives the data shape and dtype (images or tokens).
+
+    With `process`, the network input is shaped like the process's states x_t (its prior
+    draw; the encoding model's latents differ from its tokens), and a process with learned
+    parameters adds them: params = {"network": ..., "process": ...}.
+    """
+    shape = (1, *example.shape[1:])
+    if process is None:
+        dummy_x = jnp.zeros(shape, example.dtype)
+    else:
+        dummy_x = jnp.zeros_like(process.prior(key, shape))
     params = model.init(key, dummy_x, jnp.ones((1,), jnp.int32))["params"]
+    if process is not None:
+        params = process_base.init_params(process, params)
     # A copy, not an alias: the train step donates the state, and one buffer cannot go twice.
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       ema_params=jax.tree.map(jnp.copy, params),
@@ -403,7 +417,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     data = training_data(exp.dataset)
 
     def init(key):
-        return init_state(exp.model, exp.optimizer, data, key)
+        return init_state(exp.model, exp.optimizer, data, key, process=exp.process)
 
     train_apply, _ = make_apply_fns(exp.model)
     if is_continuous(config):

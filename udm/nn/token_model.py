@@ -90,8 +90,12 @@ class TokenDenoiser(nn.Module):
     (Vaswani et al., 2017, pre-LN as Xiong et al., 2020; RoPE, Su et al., 2021), with the
     attention logit scale named by `attention_scale` (spec 05 Part A).
 
+    With `input_vocab_size=None` the model reads vectors [B, l, D] instead of ids (the latents
+    of the encoding model, spec 01 B5) and `E[x_t]` becomes a linear map `W_in x_t`.
+
     Attributes:
-        input_vocab_size: number of ids the model reads (V + 1 when the process has [MASK]).
+        input_vocab_size: number of ids the model reads (V + 1 when the process has [MASK]);
+            None for vector inputs.
         output_vocab_size: number of logits per position, V.
         width: model width C.
         depth: number of Transformer blocks.
@@ -104,7 +108,7 @@ class TokenDenoiser(nn.Module):
             length-aware attention scales.
         rope_base: wavelength base of RoPE.
     """
-    input_vocab_size: int
+    input_vocab_size: Optional[int]
     output_vocab_size: int
     width: int = 128
     depth: int = 4
@@ -119,7 +123,9 @@ class TokenDenoiser(nn.Module):
 
     def __post_init__(self):
         # Field checks fail at construction, before any tracing, naming the field.
-        for name in ("input_vocab_size", "output_vocab_size", "width", "depth", "num_heads"):
+        names = ("output_vocab_size", "width", "depth", "num_heads") + (
+            () if self.input_vocab_size is None else ("input_vocab_size",))
+        for name in names:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"TokenDenoiser.{name} must be an int >= 1, got {value!r}")
@@ -154,7 +160,7 @@ class TokenDenoiser(nn.Module):
         Args:
             tokens: [B, l] integer ids x_t in [0, input_vocab_size). Concrete ids are
                 range-checked; under jit an out-of-range id is a caller error (the embedding
-                lookup fills it with NaN).
+                lookup fills it with NaN). With input_vocab_size=None: [B, l, D] vectors.
             t: [B] integer or float time values in [0, max_time] (any values if max_time is
                 None).
             train: enables dropout, which then needs the 'dropout' rng.
@@ -165,12 +171,18 @@ class TokenDenoiser(nn.Module):
             [B, l, output_vocab_size] float32 logits of x_0; with return_features, the pair
             (logits, features).
         """
-        chex.assert_rank(tokens, 2)
-        if not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
-        b, length = tokens.shape
+        if self.input_vocab_size is None:
+            chex.assert_rank(tokens, 3)
+            if not jnp.issubdtype(tokens.dtype, jnp.floating):
+                raise ValueError(f"with input_vocab_size=None the inputs are float vectors "
+                                 f"[B, l, D], got dtype {tokens.dtype}")
+        else:
+            chex.assert_rank(tokens, 2)
+            if not jnp.issubdtype(tokens.dtype, jnp.integer):
+                raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
+            _check_token_range(tokens, self.input_vocab_size)
+        b, length = tokens.shape[:2]
         chex.assert_shape(t, (b,))
-        _check_token_range(tokens, self.input_vocab_size)
 
         t = jnp.asarray(t, jnp.float32)
         if self.max_time is not None:
@@ -179,7 +191,10 @@ class TokenDenoiser(nn.Module):
         temb = nn.Dense(self.width, name="time_in")(temb)
         temb = nn.Dense(self.width, name="time_out")(nn.gelu(temb))
 
-        h = nn.Embed(self.input_vocab_size, self.width, name="embed")(tokens)
+        if self.input_vocab_size is None:
+            h = nn.Dense(self.width, name="embed_in")(tokens.astype(jnp.float32))
+        else:
+            h = nn.Embed(self.input_vocab_size, self.width, name="embed")(tokens)
         # Explicit [B, 1, C]: a [B, C] vector must never broadcast silently against [B, l, C].
         h = h + temb.reshape(b, 1, self.width)
 

@@ -2,12 +2,14 @@
 
 Every process runs through the one scan sampler (udm.samplers.make_sampler) and the one loss
 (udm.losses.make_loss_fn): Gaussian noise (B1), cold blur and heat dissipation (B2, C1),
-masking (B4), edit (B3) and D3PM transition matrices (C2) (spec 01).
+masking (B4), edit (B3), the encoding model (B5, a learned encoder with noise in its latent)
+and D3PM transition matrices (C2) (spec 01).
 """
 from udm.processes.base import correct_by_inversion
 from udm.processes.cold import LinearDegradationProcess, cold_blur
 from udm.processes.d3pm import D3PMProcess, d3pm_absorbing, d3pm_uniform
 from udm.processes.edit import EditProcess, edit
+from udm.processes.encoding import EncodingProcess, encoding
 from udm.processes.gaussian import GaussianProcess, LOSS_WEIGHTINGS, PREDICTION_TARGETS
 from udm.processes.heat import heat_dissipation
 from udm.processes.masking import MaskingProcess, masking
@@ -23,6 +25,7 @@ PROCESSES.register("masking")(masking)
 PROCESSES.register("edit")(edit)
 PROCESSES.register("d3pm_uniform")(d3pm_uniform)
 PROCESSES.register("d3pm_absorbing")(d3pm_absorbing)
+PROCESSES.register("encoding")(encoding)
 
 
 @PROCESSES.register("sde")
@@ -31,10 +34,11 @@ def _sde(sde: str = "vp", **hyperparameters):
     return get_sde(sde, **hyperparameters)
 
 
-# Whether a process corrupts token sequences (int32 [B, l], the network outputs logits).
-TOKEN_PROCESSES = (MaskingProcess, EditProcess, D3PMProcess)
+# Whether a process models token sequences (data int32 [B, l], the network outputs logits; the
+# encoding model's network reads latents [B, l, D] instead of ids).
+TOKEN_PROCESSES = (MaskingProcess, EditProcess, D3PMProcess, EncodingProcess)
 
 __all__ = ["PROCESSES", "TOKEN_PROCESSES", "GaussianProcess", "LinearDegradationProcess",
-           "MaskingProcess", "EditProcess", "D3PMProcess", "correct_by_inversion",
+           "MaskingProcess", "EditProcess", "D3PMProcess", "EncodingProcess", "correct_by_inversion",
            "LOSS_WEIGHTINGS", "PREDICTION_TARGETS", "cold_blur", "heat_dissipation", "masking",
-           "edit", "d3pm_uniform", "d3pm_absorbing"]
+           "edit", "encoding", "d3pm_uniform", "d3pm_absorbing"]

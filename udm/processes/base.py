@@ -51,3 +51,35 @@ def check_no_weighting(process_name: str, weighting: str) -> None:
     if weighting != "none":
         raise ValueError(f"unknown loss weighting {weighting!r} for the {process_name} process; "
                          f"valid names: none")
+
+
+# --- processes with learned parameters, processes whose state is not the data ----------------
+#
+# Most processes are fixed maps. The encoding model (spec 01 B5) learns its encoder jointly with
+# the predictor: such a process has `init_params() -> pytree` (its initial values) and
+# `bind(pytree) -> process`, and the trained pytree is {"network": ..., "process": ...}. Its
+# chain also runs in a latent space, so it has `decode(state) -> data` for the last state.
+# The loss, the sampler and the trainer call the three helpers below and nothing else.
+
+def has_params(process) -> bool:
+    """Whether the process learns parameters jointly with the network."""
+    return hasattr(process, "init_params")
+
+
+def init_params(process, network_params):
+    """The trained pytree at initialisation: the network's params, plus the process's own."""
+    if not has_params(process):
+        return network_params
+    return {"network": network_params, "process": process.init_params()}
+
+
+def split_params(process, params):
+    """(process with its trained parameters bound, network params) from a trained pytree."""
+    if not has_params(process):
+        return process, params
+    return process.bind(params["process"]), params["network"]
+
+
+def decode(process, state):
+    """The data a final state x_0 of the chain stands for (itself, except for latent chains)."""
+    return process.decode(state) if hasattr(process, "decode") else state
