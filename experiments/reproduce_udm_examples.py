@@ -29,7 +29,11 @@ from udm import train
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Parent of the per-model workdirs.")
 _MODELS = flags.DEFINE_list("models", None, "Subset of models to run (default: all).")
-_TEXT_STEPS = flags.DEFINE_integer("text_train_steps", 3000, "Training steps of the text models.")
+_TEXT_STEPS = {
+    "arithmetic": flags.DEFINE_integer("arithmetic_train_steps", 20000,
+                                       "Training steps of the arithmetic-language models."),
+    "lee": flags.DEFINE_integer("lee_train_steps", 3000, "Training steps of the English models."),
+}
 _SMOKE = flags.DEFINE_bool("smoke", False, "Smoke configs: checks the script runs.")
 _OUT = flags.DEFINE_string("out", "experiments/results/udm_examples", "Output prefix (.md, .json).")
 
@@ -49,7 +53,7 @@ def _text(process, data="arithmetic", **process_fields):
         c = token_base.get_config(process, data, "smoke" if _SMOKE.value else "")
         c.process.update(process_fields)
         if not _SMOKE.value:
-            c.train.num_steps = _TEXT_STEPS.value
+            c.train.num_steps = _TEXT_STEPS[data].value
         if process == "edit_v1":  # not invertible: only the baseline design exists (spec 01 B3)
             c.sampler.name, c.eval.samplers = "baseline", ("baseline",)
         return c

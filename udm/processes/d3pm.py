@@ -24,8 +24,16 @@ State space and network sizes:
 In UDM terms (spec 01 A1-A8): eps is one uniform u ~ U[0, 1) per token and
 F_t(x_0, u) = x_0 if u < alpha_bar_t else a noise token drawn from m by the same u (inverse CDF),
 so x_t ~ Cat(x_0 Q_bar_t) exactly. The estimate p(x_0 | x_t) is the network's logits; the correct
-step is D3PM's reverse p(x_s | x_t) ∝ sum_{x_0} q(x_s, x_t | x_0) p(x_0 | x_t) (sigma_tilde = 0,
-"improved") or the UDM baseline x_s ~ q(x_s | x0_hat), x0_hat ~ p(x_0 | x_t) (sigma_tilde = 1).
+step is the posterior mixture p(x_s | x_t) = sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t) (A2;
+sigma_tilde = 0, "improved") or the UDM baseline x_s ~ q(x_s | x0_hat), x0_hat ~ p(x_0 | x_t)
+(sigma_tilde = 1).
+
+D3PM's own parameterisation, p(x_s | x_t) ∝ sum_{x_0} q(x_s, x_t | x_0) p~(x_0 | x_t), weighs each
+x_0 by an extra q(x_t | x_0) = q(x_s, x_t | x_0) / q(x_s | x_t, x_0). It equals (A2) when p~ is
+one-hot or q(x_t | x_0) does not depend on x_0 (absorbing: x_t = MASK, or x_t = x_0), but for
+uniform noise and a calibrated p(x_0 | x_t), such as udm's cross-entropy-trained network or the
+exact posterior, it is biased towards the noise distribution (tests/test_d3pm.py measures this).
+`reverse="d3pm"` keeps the paper's form for networks trained through it (D3PM's hybrid loss).
 """
 import dataclasses
 from typing import Any
@@ -39,6 +47,7 @@ from udm.registry import Registry
 Array = Any
 
 KINDS = ("uniform", "absorbing")
+REVERSE_FORMS = ("udm", "d3pm")  # the exact posterior mixture (A2), or D3PM's parameterisation
 
 # Per-t weights of the x_0 cross-entropy; only the plain objective (A4) for now.
 D3PM_WEIGHTINGS = Registry("D3PM loss weighting")
@@ -86,12 +95,20 @@ class D3PMProcess:
       vocab_size: V, the number of data tokens (and of x_0 logits).
       seq_len: l, the sequence length.
       kind: "uniform" (m = 1/V over V states) or "absorbing" (m = e_MASK, MASK = V, V + 1 states).
+      reverse: "udm" (the posterior mixture of A2) or "d3pm" (the paper's parameterisation);
+        see the module docstring.
     """
 
     alpha_bar: Array
     vocab_size: int = dataclasses.field(metadata=dict(static=True))
     seq_len: int = dataclasses.field(metadata=dict(static=True))
     kind: str = dataclasses.field(default="uniform", metadata=dict(static=True))
+    reverse: str = dataclasses.field(default="udm", metadata=dict(static=True))
+
+    def __post_init__(self):
+        if self.reverse not in REVERSE_FORMS:
+            raise ValueError(f"reverse must be one of {', '.join(REVERSE_FORMS)}, "
+                             f"got {self.reverse!r}")
 
     # --- sizes ---------------------------------------------------------------------------
 
@@ -211,14 +228,18 @@ class D3PMProcess:
     # --- the correct step (spec 01 A3, A6, C2) ---------------------------------------------
 
     def reverse_log_probs(self, t, s, xt: Array, x0_logits: Array) -> Array:
-        """log p(x_s | x_t) [..., l, K], p ∝ (x_t Q_{s->t}^T) ⊙ (p(x_0 | x_t) Q_bar_s).
+        """log p(x_s | x_t) [..., l, K], p ∝ (x_t Q_{s->t}^T) ⊙ (w Q_bar_s).
 
-        D3PM's reverse parameterisation p(x_s|x_t) ∝ sum_{x_0} q(x_s, x_t | x_0) p(x_0|x_t) with
-        q(x_s, x_t | x_0) = Q_bar_s[x_0, x_s] Q_{s->t}[x_s, x_t]; with one-hot logits it is the
-        multi-step posterior q(x_s | x_t, x_0). Closed forms, computed in log space so a peaked
-        x_0 estimate cannot underflow to an all-zero row:
+        With q(x_s, x_t | x_0) = Q_bar_s[x_0, x_s] Q_{s->t}[x_s, x_t] and
+        q(x_s | x_t, x_0) = q(x_s, x_t | x_0) / q(x_t | x_0), the posterior mixture (A2)
+        sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t) is this product with weights
+        w(x_0) = p(x_0 | x_t) / q(x_t | x_0) ("udm"; x_0 with q(x_t | x_0) = 0 are impossible and
+        get w = 0), D3PM's parameterisation uses w = p(x_0 | x_t) ("d3pm"); with one-hot logits
+        both are the multi-step posterior q(x_s | x_t, x_0). Closed forms, computed in log space
+        so a peaked x_0 estimate cannot underflow to an all-zero row:
           (x_t Q_{s->t}^T)[x_s] = r [x_s = x_t] + (1 - r) m[x_t],   r = alpha_bar_t / alpha_bar_s,
-          (p Q_bar_s)[x_s]      = alpha_bar_s p[x_s] + (1 - alpha_bar_s) m[x_s].
+          (w Q_bar_s)[x_s]      = alpha_bar_s w[x_s] + (1 - alpha_bar_s) m[x_s] sum(w),
+          q(x_t | x_0)          = alpha_bar_t [x_0 = x_t] + (1 - alpha_bar_t) m[x_t].
 
         Args:
           t, s: scalar ints, 0 <= s < t <= T.
@@ -238,12 +259,19 @@ class D3PMProcess:
         m = self.noise_distribution()
         a_s, a_t = self.alpha_bar[s], self.alpha_bar[t]
         r = a_t / a_s
-        # log (p Q_bar_s)[x_s]
-        m_row = m.reshape((1,) * (log_p0.ndim - 1) + (self.num_states,))
-        log_marginal = jnp.logaddexp(jnp.log(a_s) + log_p0, jnp.log((1.0 - a_s) * m_row))
-        # log (x_t Q_{s->t}^T)[x_s]
         xt_onehot = jax.nn.one_hot(xt, self.num_states, dtype=jnp.float32)
         m_xt = m[xt][..., None]
+        log_w = log_p0
+        if self.reverse == "udm":  # divide by q(x_t | x_0); impossible x_0 get log w = -inf
+            q_xt = a_t * xt_onehot + (1.0 - a_t) * m_xt
+            log_w = jnp.where(q_xt > 0, log_p0 - jnp.log(jnp.where(q_xt > 0, q_xt, 1.0)),
+                              -jnp.inf)
+        log_total = jax.nn.logsumexp(log_w, axis=-1, keepdims=True)
+        # log (w Q_bar_s)[x_s]
+        m_row = m.reshape((1,) * (log_p0.ndim - 1) + (self.num_states,))
+        log_marginal = jnp.logaddexp(jnp.log(a_s) + log_w,
+                                     jnp.log((1.0 - a_s) * m_row) + log_total)
+        # log (x_t Q_{s->t}^T)[x_s]
         log_likelihood = jnp.log(r * xt_onehot + (1.0 - r) * m_xt)
         return jax.nn.log_softmax(log_likelihood + log_marginal, axis=-1)
 
@@ -299,17 +327,18 @@ class D3PMProcess:
 
 
 def _build(kind: str, seq_len: int, vocab_size: int, num_timesteps: int,
-           schedule: str) -> D3PMProcess:
+           schedule: str, reverse: str = "udm") -> D3PMProcess:
     for field, value, low in (("seq_len", seq_len, 1), ("vocab_size", vocab_size, 2),
                               ("num_timesteps", num_timesteps, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{field} must be an int >= {low}, got {value!r}")
     alpha_bar = D3PM_SCHEDULES.get(schedule)(int(num_timesteps))
-    return D3PMProcess(jnp.asarray(alpha_bar, jnp.float32), int(vocab_size), int(seq_len), kind)
+    return D3PMProcess(jnp.asarray(alpha_bar, jnp.float32), int(vocab_size), int(seq_len), kind,
+                       reverse)
 
 
 def d3pm_uniform(seq_len: int, vocab_size: int, num_timesteps: int,
-                 schedule: str = "cosine") -> D3PMProcess:
+                 schedule: str = "cosine", reverse: str = "udm") -> D3PMProcess:
     """D3PM with uniform transitions over V = vocab_size states.
 
     Args:
@@ -318,14 +347,17 @@ def d3pm_uniform(seq_len: int, vocab_size: int, num_timesteps: int,
       num_timesteps: T.
       schedule: "cosine" (default, Hoogeboom et al.'s alpha_bar) or "linear"
         (beta_t = 1 / (T - t + 1), alpha_bar_t = 1 - t/T); see D3PM_SCHEDULES.
+      reverse: "udm" (the posterior mixture, A2) or "d3pm" (the paper's parameterisation).
     """
-    return _build("uniform", seq_len, vocab_size, num_timesteps, schedule)
+    return _build("uniform", seq_len, vocab_size, num_timesteps, schedule, reverse)
 
 
-def d3pm_absorbing(seq_len: int, vocab_size: int, num_timesteps: int) -> D3PMProcess:
+def d3pm_absorbing(seq_len: int, vocab_size: int, num_timesteps: int,
+                   reverse: str = "udm") -> D3PMProcess:
     """D3PM absorbing-state diffusion, beta_t = 1 / (T - t + 1), so P(x_t = MASK | x_0) = t/T.
 
     Data tokens are 0..vocab_size - 1; MASK = vocab_size is an extra id, so the network reads
-    vocab_size + 1 ids and outputs vocab_size logits (vocab_size + 1 also accepted).
+    vocab_size + 1 ids and outputs vocab_size logits (vocab_size + 1 also accepted). The two
+    `reverse` forms coincide for this kind (q(x_t | x_0) is the same for every possible x_0).
     """
-    return _build("absorbing", seq_len, vocab_size, num_timesteps, "linear")
+    return _build("absorbing", seq_len, vocab_size, num_timesteps, "linear", reverse)
