@@ -32,6 +32,10 @@ def get_config(process: str, data: str, variant: str = ""):
     c.data.seq_len = seq_len
     c.process = ml_collections.ConfigDict(dict(PROCESS_FIELDS[process], seq_len=seq_len,
                                                vocab_size=vocab_size))
+    if c.process.name in ("masking", "edit"):
+        # Entropy-controlled draws of x0_hat (udm.entropy, spec 05): None samples q itself;
+        # --config.process.target_entropy=0.5 draws from the entropy-normalised q (nats).
+        c.process.target_entropy = ml_collections.config_dict.placeholder(float)
     c.model = ml_collections.ConfigDict(dict(
         name="token_denoiser", width=64, depth=3, num_heads=4, mlp_ratio=4, dropout=0.0,
         attention_scale="standard"))

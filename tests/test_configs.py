@@ -165,3 +165,13 @@ def test_token_process_and_data_must_fit():
     config.data.name = "digits"
     with pytest.raises(ValueError, match="do not fit"):
         train_lib.build(config)
+
+
+def test_token_target_entropy_is_a_config_field():
+    """--config.process.target_entropy reaches the masking / edit draws (spec 05 sampling)."""
+    from configs import edit_arithmetic, masking_arithmetic
+    for module in (masking_arithmetic, edit_arithmetic):
+        config = module.get_config("smoke")
+        assert train_lib.make_process(config).target_entropy is None
+        config.process.target_entropy = 0.5
+        assert train_lib.make_process(config).target_entropy == 0.5
