@@ -89,8 +89,9 @@ def _validate_process_and_samplers(config) -> None:
         designs = ("baseline", "improved") + (
             ("ddpm", "ddim") if hasattr(process, "ddpm_sigma_tilde") else ())
         bad = [n for n in (config.sampler.name, *config.eval.samplers) if n not in designs]
+        names = [repr(d) for d in designs]
         _check(not bad, f"process {config.process.name!r} samples with "
-                        f"{', '.join(repr(d) for d in designs)} (spec 01 A5), got {bad}")
+                        f"{', '.join(names[:-1])} or {names[-1]} (spec 01 A5), got {bad}")
     SAMPLERS.get(config.sampler.name)
     SPACINGS.get(config.sampler.spacing)
     for name in config.eval.samplers:
