@@ -10,7 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.parametrize("name,min_images", [("quickstart", 4), ("entropy", 2),
                                             ("sde_and_likelihood", 6),
-                                            ("optimal_variance", 4), ("udm_processes", 5)])
+                                            ("optimal_variance", 4), ("udm_processes", 5),
+                                            ("hubness", 4), ("whitening", 3)])
 def test_notebook_executes(name, min_images):
     path = os.path.join(ROOT, "colabs", f"{name}.ipynb")
     nb = nbformat.read(path, as_version=4)
