@@ -4,15 +4,28 @@
       --config.train.num_steps=2000 --config.sampler.num_steps=50
 
 Running again on the same workdir resumes from its latest checkpoint.
+
+Several processes (hosts) run the same command, each with its rank; they train one model on
+all their devices together (see experiments/launch_local.py for a loopback run):
+
+  python -m experiments.main ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+
+The three flags may come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
+instead; --coordinator_address=auto detects a Cloud TPU pod, SLURM or Open MPI job.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from udm import distributed
 from udm.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 in a multi-process run, or 'auto'.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -22,6 +35,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize_from_flags_or_env(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                             _PROCESS_ID.value)
     train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

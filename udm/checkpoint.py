@@ -47,8 +47,11 @@ class Checkpointer:
 
     def save(self, step: int, state: PyTree, record: Dict[str, Any]) -> None:
         record = dict(record, step=int(step), param_shapes=shape_signature(state.params))
-        # The state is replicated, so the host copy is complete; saving numpy arrays spares
-        # orbax compiling a small program per sharded leaf, which dominated save time on CPU.
+        # The state is replicated, so the host copy is complete on every process; saving numpy
+        # arrays spares orbax compiling a small program per sharded leaf, which dominated save
+        # time on CPU. In a multi-process run every process calls save (orbax synchronises
+        # them) and process 0 alone writes the numpy leaves and the record, so the directory
+        # must be one that all processes see (a shared filesystem or a bucket).
         host_state = jax.device_get(state)
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(host_state), record=ocp.args.JsonSave(record)), force=True)

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from udm import metrics, parallel, variance, variance_heads
+from udm import distributed, metrics, parallel, variance, variance_heads
 from udm.data import TextDataset
 from udm.processes import TOKEN_PROCESSES
 from udm.samplers import make_sampler, network_predictor, time_grid
@@ -47,7 +47,7 @@ def generate(sample_fn, params, priors: list, *, num_samples: int, key):
                                    f"evaluations (adaptive solver step limit?)")
             nfes.append(int(out.nfe))
             out = out.x0
-        chunks.append(np.asarray(out))
+        chunks.append(parallel.to_host(out))  # gathers the shards of other processes
     return np.concatenate(chunks)[:num_samples], (float(np.mean(nfes)) if nfes else None)
 
 
@@ -86,10 +86,11 @@ def estimate_sigma_bar(config, workdir: str, *, process, eval_apply, params, dat
     sigma_bar = variance.estimate_sigma_bar(
         name, process, eps_fn, params, data, timesteps, key=key, num_samples=vc.mc_samples,
         batch_size=vc.mc_batch_size, max_var=1.0)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez(path + ".tmp.npz", timesteps=timesteps, mc_samples=vc.mc_samples,
-             sigma_bar=np.asarray(sigma_bar))
-    os.replace(path + ".tmp.npz", path)
+    if distributed.is_primary():  # every process computes the same table; one writes it
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.savez(path + ".tmp.npz", timesteps=timesteps, mc_samples=vc.mc_samples,
+                 sigma_bar=np.asarray(sigma_bar))
+        os.replace(path + ".tmp.npz", path)
     return sigma_bar
 
 
@@ -204,30 +205,17 @@ def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh
     """Samples with every (sampler, K) of config.eval, scores them, writes results.md/json.
 
     head: the trained NPR / SN head when config.sampler.variance is "npr" / "sn". Token data
-    go to `evaluate_text`.
+    go to `evaluate_text`. In a multi-process run every process samples (the batches are
+    sharded over all devices) and gathers the samples; process 0 alone then scores and writes,
+    the others return {}. Sampling comes first so that no process waits in a collective while
+    process 0 trains the classifier or scores.
     """
     if isinstance(dataset, TextDataset):
         return evaluate_text(config, workdir, process=process, eval_apply=eval_apply,
                              params=params, dataset=dataset, mesh=mesh, sample_key=sample_key)
     ec = config.eval
     held_out = dataset.test_images
-    classifier = reference = None
-    if dataset.num_classes is not None:
-        classifier = metrics.load_or_train_classifier(
-            os.path.join(workdir, "classifier"), dataset, seed=config.seed,
-            num_steps=ec.classifier_steps)
-        reference = classifier.features(held_out)
     n = min(ec.num_samples, len(held_out))
-    # Reference row, what a perfect model would score with n samples: FD of n real training
-    # images against the held-out set; the other columns describe the held-out images themselves
-    # (their class statistics and their distance to the nearest training image).
-    rng = np.random.default_rng(config.seed)
-    real = dataset.train_images[rng.choice(len(dataset.train_images), n, replace=False)]
-    real_row = score(held_out, classifier, reference, dataset.train_images, held_out)
-    if classifier is not None:
-        real_row["fd"] = float(metrics.frechet_distance(classifier.features(real), reference))
-    rows = [dict(samples="real digits", steps=None, seconds=None, **real_row)]
-
     # An adaptive ODE solver picks its own steps: one row, whatever the step counts.
     runs = [(name, None if name == "ode_adaptive" else k)
             for name in ec.samplers for k in ec.step_counts]
@@ -250,12 +238,33 @@ def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh
                                        timesteps=grid_times, key=jax.random.fold_in(sample_key, 7))
         if head is not None and config.sampler.variance == head.kind:
             sample_params = {"mean": params, "head": head.params}
-    for name, k in tqdm(runs, desc="sample", unit="run", disable=not config.train.progress_bar):
+    generated = {}
+    for name, k in tqdm(runs, desc="sample", unit="run",
+                        disable=not (config.train.progress_bar and distributed.is_primary())):
         sample_fn = make_eval_sampler(config, process, eval_apply, name, k or 0,
                                       sigma_bar=sigma_bar, head=head)
         start = time.perf_counter()
         samples, nfe = generate(sample_fn, sample_params, priors, num_samples=n, key=noise_key)
-        seconds = time.perf_counter() - start
+        generated[name, k] = samples, nfe, time.perf_counter() - start
+    if not distributed.is_primary():
+        return {}
+
+    classifier = reference = None
+    if dataset.num_classes is not None:
+        classifier = metrics.load_or_train_classifier(
+            os.path.join(workdir, "classifier"), dataset, seed=config.seed,
+            num_steps=ec.classifier_steps)
+        reference = classifier.features(held_out)
+    # Reference row, what a perfect model would score with n samples: FD of n real training
+    # images against the held-out set; the other columns describe the held-out images themselves
+    # (their class statistics and their distance to the nearest training image).
+    rng = np.random.default_rng(config.seed)
+    real = dataset.train_images[rng.choice(len(dataset.train_images), n, replace=False)]
+    real_row = score(held_out, classifier, reference, dataset.train_images, held_out)
+    if classifier is not None:
+        real_row["fd"] = float(metrics.frechet_distance(classifier.features(real), reference))
+    rows = [dict(samples="real digits", steps=None, seconds=None, **real_row)]
+    for (name, k), (samples, nfe, seconds) in generated.items():
         label = sampler_label(config, name)
         rows.append(dict(samples=label, steps=k, nfe=nfe if nfe is not None else k,
                          seconds=seconds,
@@ -305,20 +314,25 @@ def evaluate_text(config, workdir: str, *, process, eval_apply, params, dataset,
     """
     ec = config.eval
     n = min(ec.num_samples, len(dataset.train_tokens))
+    prior_key, noise_key = jax.random.split(sample_key)
+    priors = draw_priors(process, num_samples=n, batch_size=ec.batch_size,
+                         image_shape=dataset.train_tokens.shape[1:], key=prior_key, mesh=mesh)
+    runs = list(dict.fromkeys([(name, k) for name in ec.samplers for k in ec.step_counts]))
+    generated = {}
+    for name, k in tqdm(runs, desc="sample", unit="run",
+                        disable=not (config.train.progress_bar and distributed.is_primary())):
+        sample_fn = make_eval_sampler(config, process, eval_apply, name, k)
+        start = time.perf_counter()
+        samples, _ = generate(sample_fn, params, priors, num_samples=n, key=noise_key)
+        generated[name, k] = samples, time.perf_counter() - start
+    if not distributed.is_primary():  # process 0 alone scores and writes
+        return {}
     reference = metrics.fit_reference_model(dataset)
     rng = np.random.default_rng(config.seed)
     real = dataset.train_tokens[rng.choice(len(dataset.train_tokens), n, replace=False)]
     rows = [dict(samples="real sequences", steps=None, seconds=None,
                  **metrics.text_report(real, dataset, reference, seed=config.seed))]
-    prior_key, noise_key = jax.random.split(sample_key)
-    priors = draw_priors(process, num_samples=n, batch_size=ec.batch_size,
-                         image_shape=dataset.train_tokens.shape[1:], key=prior_key, mesh=mesh)
-    runs = list(dict.fromkeys([(name, k) for name in ec.samplers for k in ec.step_counts]))
-    for name, k in tqdm(runs, desc="sample", unit="run", disable=not config.train.progress_bar):
-        sample_fn = make_eval_sampler(config, process, eval_apply, name, k)
-        start = time.perf_counter()
-        samples, _ = generate(sample_fn, params, priors, num_samples=n, key=noise_key)
-        seconds = time.perf_counter() - start
+    for (name, k), (samples, seconds) in generated.items():
         rows.append(dict(samples=sampler_label(config, name), steps=k, seconds=seconds,
                          **metrics.text_report(samples, dataset, reference, seed=config.seed)))
         _atomic_write(os.path.join(workdir, f"samples_{name}_{k}.txt"),

@@ -16,7 +16,7 @@ import optax
 from tqdm.auto import tqdm
 
 from udm import checkpoint as ckpt_lib
-from udm import parallel
+from udm import distributed, parallel
 from udm.data import TEXT_DATASETS, TextDataset, batch_at_step, load_dataset, load_text_dataset
 from udm import losses, variance, variance_heads
 from udm.nn import ATTENTION_SCALES, TokenDenoiser, UNet, count_params
@@ -248,14 +248,23 @@ def make_apply_fns(model):
 # --- logging ---------------------------------------------------------------------------------
 
 class MetricWriter:
-    """JSON lines (always) plus TensorBoard event files (tensorboardX)."""
+    """JSON lines (always) plus TensorBoard event files (tensorboardX).
 
-    def __init__(self, workdir: str):
+    With enabled=False (every process but the first of a multi-process run) nothing is opened
+    or written: all processes hold the same replicated metrics, one copy is enough.
+    """
+
+    def __init__(self, workdir: str, *, enabled: bool = True):
+        self._enabled = enabled
+        if not enabled:
+            return
         from tensorboardX import SummaryWriter
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: Dict[str, float]) -> None:
+        if not self._enabled:
+            return
         self._jsonl.write(json.dumps(dict(step=step, **metrics)) + "\n")
         self._jsonl.flush()
         for k, v in metrics.items():
@@ -263,6 +272,8 @@ class MetricWriter:
         self._tb.flush()
 
     def close(self) -> None:
+        if not self._enabled:
+            return
         self._jsonl.close()
         self._tb.close()
 
@@ -326,9 +337,12 @@ def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train
         init_key, train_key: PRNG keys (step keys are fold_in(train_key, step)).
         loss_fn: `loss_fn(params, x0, *, key) -> (loss, aux)`.
         optimizer: optax transformation (the one `init` used).
-        mesh: the data mesh; batches are sharded over it, the state replicated.
+        mesh: the data mesh; batches are sharded over it, the state replicated. In a
+            multi-process run it spans every process; each process reads only the rows of
+            each batch that its devices hold, and process 0 alone logs (checkpoints are
+            written by all processes together through orbax).
         data: [N, ...] training examples (images or token sequences); batch order from
-            (seed, step).
+            (seed, step), the same on every process.
         seed: data-order seed.
         record: JSON-able dict stored with every checkpoint.
         desc: progress-bar label.
@@ -346,14 +360,17 @@ def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train
         checkpointer.check_compatible(latest, abstract.params)  # before anything is written
 
     os.makedirs(workdir, exist_ok=True)
+    primary = distributed.is_primary()
     if latest is None:
         state = jax.jit(init, out_shardings=state_sharding)(init_key)
-        print(f"udm: new run in {workdir}; model has {count_params(state.params):,} parameters")
+        if primary:
+            print(f"udm: new run in {workdir}; model has {count_params(state.params):,} parameters")
     else:
         restore_target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
         state = checkpointer.restore(latest, restore_target)
-        print(f"udm: resumed from step {latest} in {workdir}")
+        if primary:
+            print(f"udm: resumed from step {latest} in {workdir}")
 
     train_step = jax.jit(
         make_train_step(loss_fn, optimizer, ema_decay=train_config.ema_decay,
@@ -364,15 +381,17 @@ def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train
 
     start = int(state.step)
     num_steps = train_config.num_steps
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, enabled=primary)
+    # This process's rows of every global batch: all of it with one process.
+    rows = parallel.process_rows(train_config.batch_size, mesh)
     pending = []
     try:
         bar = tqdm(range(start, num_steps), initial=start, total=num_steps, desc=desc,
-                   unit="step", disable=not train_config.progress_bar)
+                   unit="step", disable=not (train_config.progress_bar and primary))
         t_last = time.perf_counter()
         for step in bar:
-            idx = batch_at_step(len(data), train_config.batch_size, step, seed=seed)
-            batch = parallel.shard_batch(data[idx], mesh)
+            idx = batch_at_step(len(data), train_config.batch_size, step, seed=seed)[rows]
+            batch = parallel.global_batch(data[idx], mesh, train_config.batch_size)
             state, metrics = train_step(state, batch)
             pending.append(metrics)
             done = step + 1
