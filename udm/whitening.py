@@ -29,7 +29,8 @@ from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 import chex
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
+
+from udm.metrics.similarity import spearman
 
 PathLike = Union[str, os.PathLike]
 
@@ -255,7 +256,7 @@ def spearman_of_cosine(a, b, labels) -> float:
     Returns:
         The Spearman rank correlation in [-1, 1].
     """
-    return float(scipy.stats.spearmanr(cosine_similarity(a, b), np.asarray(labels)).statistic)
+    return spearman(cosine_similarity(a, b), np.asarray(labels))
 
 
 class SweepPoint(NamedTuple):
