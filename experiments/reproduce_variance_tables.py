@@ -113,7 +113,7 @@ class Models:
             self.sigma_bar[name] = eval_lib.estimate_sigma_bar(
                 _config(name), os.path.join(workdir, "mean"), process=exp.process,
                 eval_apply=self.eval_apply, params=self.params, data=exp.dataset.train_images,
-                timesteps=times, key=jax.random.fold_in(exp.sample_key, 7))
+                timesteps=times, key=jax.random.fold_in(exp.sample_key, 7), mesh=exp.mesh)
 
     def spacing(self, trajectory: str, k: int):
         """"uniform", or the optimal K-step trajectory of the analytic variance (Analytic-DPM §4)."""

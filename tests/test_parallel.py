@@ -1,5 +1,5 @@
 """udm.parallel and udm.distributed inside one process (8 fake devices); the multi-process runs
-are in test_multiprocess.py."""
+(and the killed-process test) are in test_multiprocess.py."""
 import jax
 import numpy as np
 import pytest

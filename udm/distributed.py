@@ -8,6 +8,11 @@ import os
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from udm import parallel
 
 # The environment a launcher sets for each process when it does not pass the flags.
 # JAX itself reads JAX_COORDINATOR_ADDRESS; the other two are named to match.
@@ -83,7 +88,45 @@ def initialize_from_flags_or_env(coordinator_address: Optional[str] = None,
         jax.distributed.initialize(**kwargs)
     else:
         jax.distributed.initialize(coordinator_address, num_processes, process_id, **kwargs)
+    if jax.default_backend() == "cpu":
+        warm_up_cpu_collectives()
     return True
+
+
+def barrier(name: str, timeout_seconds: int = 1800) -> None:
+    """Waits until every process reaches `name` (jax's coordination service, not a collective).
+
+    A no-op with one process. Each name may be used once per run.
+    """
+    if jax.process_count() == 1:
+        return
+    # jax has no public barrier on the coordination service; orbax reaches it the same way.
+    from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+    jax_distributed.global_state.client.wait_at_barrier(name, timeout_seconds * 1000)
+
+
+def warm_up_cpu_collectives() -> None:
+    """Creates the gloo communicators of the data mesh while all processes are in step.
+
+    gloo sets up a group of devices at its first collective and gives the other processes 30
+    seconds to join (not configurable in jax 0.10); once set up, a collective waits as long as
+    XLA's CPU collective timeout. Without this, a process that compiles its first train step
+    more than 30 s after another (a busy machine) fails with "Gloo context initialization
+    failed: DEADLINE_EXCEEDED", and the other one then waits for it forever. Run right after
+    jax.distributed.initialize: an all-reduce over every device (the data mesh of training,
+    sampling and k-NN) and an all-gather of one value per process (orbax's and
+    multihost_utils' barriers), each started after a coordination-service barrier.
+    """
+    mesh = parallel.data_mesh()
+    rows = parallel.process_rows(mesh.devices.size, mesh)
+    ones = parallel.global_batch(np.ones(rows.stop - rows.start, np.float32), mesh,
+                                 mesh.devices.size)
+    total = jax.jit(jnp.sum, out_shardings=parallel.replicated(mesh)).lower(ones).compile()
+    barrier("udm_warm_up_all_reduce")
+    if float(total(ones)) != mesh.devices.size:
+        raise RuntimeError("the warm-up all-reduce over all devices returned a wrong sum")
+    barrier("udm_warm_up_all_gather")
+    multihost_utils.sync_global_devices("udm_warm_up_all_gather")
 
 
 def is_primary() -> bool:

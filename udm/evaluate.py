@@ -65,12 +65,13 @@ def sampler_eta(config, name: str) -> float:
 
 
 def estimate_sigma_bar(config, workdir: str, *, process, eval_apply, params, data,
-                       timesteps: np.ndarray, key) -> Optional[Any]:
+                       timesteps: np.ndarray, key, mesh=None) -> Optional[Any]:
     """The [T + 1] sigma_bar of config.sampler.variance (analytic / ml_isotropic), else None.
 
     The Monte Carlo moments (config.variance.mc_samples per t over the training images) are
     cached in workdir/variance/ next to the checkpoints and reused when the variance name, the
-    timesteps and the sample count match (delete the file after retraining in place).
+    timesteps and the sample count match (delete the file after retraining in place). With a
+    mesh each Monte Carlo batch is split over its devices (all processes compute the table).
     """
     name, vc = config.sampler.variance, config.variance
     if name not in ("analytic", "ml_isotropic"):
@@ -85,7 +86,7 @@ def estimate_sigma_bar(config, workdir: str, *, process, eval_apply, params, dat
     eps_fn = variance.eps_fn_from_x0_predictor(process, network_predictor(process, eval_apply))
     sigma_bar = variance.estimate_sigma_bar(
         name, process, eps_fn, params, data, timesteps, key=key, num_samples=vc.mc_samples,
-        batch_size=vc.mc_batch_size, max_var=1.0)
+        batch_size=vc.mc_batch_size, max_var=1.0, mesh=mesh)
     if distributed.is_primary():  # every process computes the same table; one writes it
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.savez(path + ".tmp.npz", timesteps=timesteps, mc_samples=vc.mc_samples,
@@ -235,7 +236,8 @@ def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh
                                      for _, k in runs])
         sigma_bar = estimate_sigma_bar(config, workdir, process=process, eval_apply=eval_apply,
                                        params=params, data=dataset.train_images,
-                                       timesteps=grid_times, key=jax.random.fold_in(sample_key, 7))
+                                       timesteps=grid_times, key=jax.random.fold_in(sample_key, 7),
+                                       mesh=mesh)
         if head is not None and config.sampler.variance == head.kind:
             sample_params = {"mean": params, "head": head.params}
     generated = {}

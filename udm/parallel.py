@@ -35,6 +35,12 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def replicate(x: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A host array, the same on every process, as one global array replicated over the mesh."""
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, replicated(mesh), lambda index: x[index])
+
+
 def check_divisible(batch_size: int, mesh: Mesh, field: str) -> None:
     n = mesh.devices.size
     if batch_size % n:

@@ -27,6 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import Mesh
+
+from udm import parallel
 from udm.registry import Registry
 
 Array = Any
@@ -61,8 +64,17 @@ def _statistic(name: str, eps: Array, eps_hat: Array, diagonal: bool) -> Array:
 
 
 def _monte_carlo(process, eps_fn, params, data, timesteps, key, *, statistic, diagonal,
-                 num_samples, batch_size):
-    """Mean and standard error over (x_0, eps) of a statistic, for every t: ([n, ...], [n, ...])."""
+                 num_samples, batch_size, mesh):
+    """Mean and standard error over (x_0, eps) of a statistic, for every t: ([n, ...], [n, ...]).
+
+    With a mesh each batch is split over its devices (the draws do not depend on it with a
+    partitionable key, e.g. threefry); the sums over the batch become cross-device reductions.
+    """
+    def split_batch(x):
+        if mesh is None:
+            return x
+        return jax.lax.with_sharding_constraint(x, parallel.batch_sharded(mesh))
+
     num_data = data.shape[0]
     num_batches = num_samples // batch_size
     stat_shape = data.shape[1:] if diagonal else ()
@@ -74,8 +86,8 @@ def _monte_carlo(process, eps_fn, params, data, timesteps, key, *, statistic, di
             total, total_sq = carry
             index_key, eps_key = jax.random.split(jax.random.fold_in(t_key, b))
             index = jax.random.randint(index_key, (batch_size,), 0, num_data)
-            x0 = data[index].astype(jnp.float32)
-            eps = jax.random.normal(eps_key, x0.shape, jnp.float32)
+            x0 = split_batch(data[index].astype(jnp.float32))
+            eps = split_batch(jax.random.normal(eps_key, x0.shape, jnp.float32))
             xt = process.forward(t, x0, eps)
             stat = _statistic(statistic, eps, eps_fn(params, xt, t).astype(jnp.float32),
                               diagonal)
@@ -92,14 +104,18 @@ def _monte_carlo(process, eps_fn, params, data, timesteps, key, *, statistic, di
 
 
 _monte_carlo_jit = jax.jit(_monte_carlo, static_argnames=(
-    "eps_fn", "statistic", "diagonal", "num_samples", "batch_size"))
+    "eps_fn", "statistic", "diagonal", "num_samples", "batch_size", "mesh"))
 
 
 def _run_monte_carlo(statistic, process, eps_fn, params, data, timesteps, *, key, num_samples,
-                     batch_size, diagonal, return_stderr):
+                     batch_size, diagonal, return_stderr, mesh):
     if num_samples < 1 or batch_size < 1 or num_samples % batch_size:
         raise ValueError(f"num_samples must be a positive multiple of batch_size, got "
                          f"num_samples={num_samples}, batch_size={batch_size}")
+    if mesh is not None:
+        parallel.check_divisible(batch_size, mesh, "batch_size")
+        # Every process holds the whole data set; a global replicated copy for the program.
+        data = parallel.replicate(np.asarray(data), mesh)
     timesteps = jnp.asarray(timesteps, jnp.int32)
     if timesteps.ndim != 1:
         raise ValueError(f"timesteps must be 1-D, got shape {timesteps.shape}")
@@ -109,13 +125,13 @@ def _run_monte_carlo(statistic, process, eps_fn, params, data, timesteps, *, key
                          f"[{t_np.min()}, {t_np.max()}]")
     mean, stderr = _monte_carlo_jit(process, eps_fn, params, jnp.asarray(data), timesteps, key,
                                     statistic=statistic, diagonal=diagonal,
-                                    num_samples=num_samples, batch_size=batch_size)
+                                    num_samples=num_samples, batch_size=batch_size, mesh=mesh)
     return (mean, stderr) if return_stderr else mean
 
 
 def estimate_gamma(process, eps_fn: EpsFn, params, data: Array, timesteps: Array, *, key,
                    num_samples: int, batch_size: int, diagonal: bool = False,
-                   return_stderr: bool = False):
+                   return_stderr: bool = False, mesh: Optional[Mesh] = None):
     """Monte Carlo Gamma_t = E_{x_t ~ p(x_t)} ||eps_theta(x_t, t)||^2 / d for each t (spec 04 §2.5).
 
         Gamma_t ~ (1/N) sum_n ||eps_theta(alpha_bar_t x_0^n + beta_bar_t eps^n, t)||^2 / d,
@@ -134,18 +150,22 @@ def estimate_gamma(process, eps_fn: EpsFn, params, data: Array, timesteps: Array
         batch_size: B, examples per eps_fn call.
         diagonal: return the per-coordinate E[eps_theta^2] [n, ...] instead.
         return_stderr: also return the Monte Carlo standard errors.
+        mesh: a data mesh (`udm.parallel.data_mesh`, all processes' devices): each batch of B
+            is split over its devices (B must be a multiple of the device count) and `params`
+            must be replicated on it. The estimate equals the unsharded one up to float
+            summation order when `key` is partitionable (threefry).
 
     Returns:
         float32 [n] (or [n, ...]); with return_stderr, (gamma, stderr).
     """
     return _run_monte_carlo("gamma", process, eps_fn, params, data, timesteps, key=key,
                             num_samples=num_samples, batch_size=batch_size, diagonal=diagonal,
-                            return_stderr=return_stderr)
+                            return_stderr=return_stderr, mesh=mesh)
 
 
 def estimate_eps_mse(process, eps_fn: EpsFn, params, data: Array, timesteps: Array, *, key,
                      num_samples: int, batch_size: int, diagonal: bool = False,
-                     return_stderr: bool = False):
+                     return_stderr: bool = False, mesh: Optional[Mesh] = None):
     """Monte Carlo E||eps - eps_theta(x_t, t)||^2 / d for each t, the per-t eps loss (spec 04 §3.3).
 
         mse_t ~ (1/N) sum_n ||eps^n - eps_theta(alpha_bar_t x_0^n + beta_bar_t eps^n, t)||^2 / d
@@ -155,7 +175,7 @@ def estimate_eps_mse(process, eps_fn: EpsFn, params, data: Array, timesteps: Arr
     """
     return _run_monte_carlo("mse", process, eps_fn, params, data, timesteps, key=key,
                             num_samples=num_samples, batch_size=batch_size, diagonal=diagonal,
-                            return_stderr=return_stderr)
+                            return_stderr=return_stderr, mesh=mesh)
 
 
 # --- sigma_bar_t^2 = Var[x_0 | x_t] from the moments ----------------------------------------
@@ -510,16 +530,16 @@ def _corrected(process, grid, *, eta, sigma_bar=None):
 
 
 def _estimate_analytic(process, eps_fn, params, data, timesteps, *, key, num_samples,
-                       batch_size, max_var=None):
+                       batch_size, max_var=None, mesh=None):
     gamma = estimate_gamma(process, eps_fn, params, data, timesteps, key=key,
-                           num_samples=num_samples, batch_size=batch_size)
+                           num_samples=num_samples, batch_size=batch_size, mesh=mesh)
     return analytic_sigma_bar(process, gamma, timesteps, max_var=max_var)
 
 
 def _estimate_ml(process, eps_fn, params, data, timesteps, *, key, num_samples, batch_size,
-                 max_var=None):
+                 max_var=None, mesh=None):
     mse = estimate_eps_mse(process, eps_fn, params, data, timesteps, key=key,
-                           num_samples=num_samples, batch_size=batch_size)
+                           num_samples=num_samples, batch_size=batch_size, mesh=mesh)
     return ml_sigma_bar(process, mse, timesteps, max_var=max_var)
 
 
@@ -531,14 +551,15 @@ VARIANCES.register("ml_isotropic")(VarianceChoice(_estimate_ml, _corrected))
 
 def estimate_sigma_bar(name: str, process, eps_fn: EpsFn, params, data: Array,
                        timesteps: Array, *, key, num_samples: int, batch_size: int,
-                       max_var: Optional[float] = None) -> Optional[Array]:
+                       max_var: Optional[float] = None,
+                       mesh: Optional[Mesh] = None) -> Optional[Array]:
     """The [T + 1] sigma_bar table of a VARIANCES choice (None for the fixed ones).
 
     analytic: V3 from `estimate_gamma`; ml_isotropic: V5 from `estimate_eps_mse` (spec 04).
 
     Args:
         name: a VARIANCES name.
-        process, eps_fn, params, data, timesteps, key, num_samples, batch_size: as
+        process, eps_fn, params, data, timesteps, key, num_samples, batch_size, mesh: as
             `estimate_gamma`.
         max_var: optional bound on Var[x_0] (1 for data in [-1, 1]).
 
@@ -549,7 +570,8 @@ def estimate_sigma_bar(name: str, process, eps_fn: EpsFn, params, data: Array,
     if choice.estimate is None:
         return None
     return choice.estimate(process, eps_fn, params, data, timesteps, key=key,
-                           num_samples=num_samples, batch_size=batch_size, max_var=max_var)
+                           num_samples=num_samples, batch_size=batch_size, max_var=max_var,
+                           mesh=mesh)
 
 
 def reverse_variance(name: str, process, grid: Array, *, eta: float = 1.0,
