@@ -134,15 +134,28 @@ def test_training_and_sampling_do_not_depend_on_the_device_count(runs, devices):
     _assert_same_samples(workdirs[f"1x{devices}"], workdirs["1x4"])
 
 
-# Process 1 stops right after the checkpoint of step 2 is written and waits to be killed.
-_STALL_MAIN = '''
+# Process 1 starts its first train step LATE_SECONDS after process 0 (gloo gives a process 30 s
+# to join a new device group: this failed, then hung, before udm.distributed set the groups up
+# at start), and stops right after the checkpoint of step 2 is written, waiting to be killed.
+LATE_SECONDS = 35
+_STALL_MAIN = f'''
 import os, pathlib, time
 from absl import app
-from udm import checkpoint
+from udm import checkpoint, train
+late = os.environ["JAX_PROCESS_ID"] == "1"
+_make_train_step = train.make_train_step
+def make_train_step(*args, **kwargs):
+    step_fn = _make_train_step(*args, **kwargs)
+    def delayed(state, batch):  # runs once, while jit traces it
+        if late:
+            time.sleep({LATE_SECONDS})
+        return step_fn(state, batch)
+    return delayed
+train.make_train_step = make_train_step
 _save = checkpoint.Checkpointer.save
 def save(self, step, state, record):
     _save(self, step, state, record)
-    if os.environ["JAX_PROCESS_ID"] == "1" and step == 2:
+    if late and step == 2:
         pathlib.Path(os.environ["STALL_MARKER"]).touch()
         while True:
             time.sleep(1)
@@ -154,6 +167,7 @@ app.run(main.main)
 
 def test_killed_process_stops_the_others_and_a_restart_resumes_from_its_checkpoint(
         runs, tmp_path):
+    """Also: a process LATE_SECONDS late at its first train step is waited for."""
     workdirs, _ = runs
     workdir, marker = tmp_path / "run", tmp_path / "stalled"
     (tmp_path / "stall_main.py").write_text(_STALL_MAIN)
