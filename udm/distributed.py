@@ -112,10 +112,11 @@ def warm_up_cpu_collectives() -> None:
     seconds to join (not configurable in jax 0.10); once set up, a collective waits as long as
     XLA's CPU collective timeout. Without this, a process that compiles its first train step
     more than 30 s after another (a busy machine) fails with "Gloo context initialization
-    failed: DEADLINE_EXCEEDED", and the other one then waits for it forever. Run right after
-    jax.distributed.initialize: an all-reduce over every device (the data mesh of training,
-    sampling and k-NN) and an all-gather of one value per process (orbax's and
-    multihost_utils' barriers), each started after a coordination-service barrier.
+    failed: DEADLINE_EXCEEDED", and the other waits in the collective until jax's shutdown
+    barrier times out. Run right after jax.distributed.initialize: an all-reduce over every
+    device (the data mesh of training, sampling and k-NN) and an all-gather of one value per
+    process (orbax's and multihost_utils' barriers), each started after a coordination-service
+    barrier.
     """
     mesh = parallel.data_mesh()
     rows = parallel.process_rows(mesh.devices.size, mesh)

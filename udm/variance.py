@@ -26,7 +26,6 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from jax.sharding import Mesh
 
 from udm import parallel
@@ -67,8 +66,8 @@ def _monte_carlo(process, eps_fn, params, data, timesteps, key, *, statistic, di
                  num_samples, batch_size, mesh):
     """Mean and standard error over (x_0, eps) of a statistic, for every t: ([n, ...], [n, ...]).
 
-    With a mesh each batch is split over its devices (the draws do not depend on it with a
-    partitionable key, e.g. threefry); the sums over the batch become cross-device reductions.
+    With a mesh each batch is split over its devices (the draws do not depend on it); the sums
+    over the batch become cross-device reductions.
     """
     def split_batch(x):
         if mesh is None:
@@ -153,7 +152,7 @@ def estimate_gamma(process, eps_fn: EpsFn, params, data: Array, timesteps: Array
         mesh: a data mesh (`udm.parallel.data_mesh`, all processes' devices): each batch of B
             is split over its devices (B must be a multiple of the device count) and `params`
             must be replicated on it. The estimate equals the unsharded one up to float
-            summation order when `key` is partitionable (threefry).
+            summation order (tested with threefry and rbg keys).
 
     Returns:
         float32 [n] (or [n, ...]); with return_stderr, (gamma, stderr).
