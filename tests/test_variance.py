@@ -143,7 +143,6 @@ def test_mixture_gamma_matches_quadrature_and_traces_once():
     assert np.all(np.asarray(stderr) < 0.015)
 
 
-
 @pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
 def test_sharded_monte_carlo_equals_unsharded(impl):
     # Each batch split over the 8 fake devices (tests/conftest.py): the same draws and
@@ -173,6 +172,7 @@ def test_sharded_monte_carlo_equals_unsharded(impl):
                                          "devices \\(8\\)"):
         variance.estimate_gamma(p, MIXTURE_EPS, EXACT, data, timesteps, key=kw["key"],
                                 num_samples=24, batch_size=12, mesh=mesh)
+
 
 def test_ml_isotropic_equals_analytic_with_the_exact_mean():
     # With eps_theta = eps*, E||eps - eps*||^2 = 1 - E||eps*||^2, so (V5) == (V3) in expectation;

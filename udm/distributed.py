@@ -119,9 +119,7 @@ def warm_up_cpu_collectives() -> None:
     barrier.
     """
     mesh = parallel.data_mesh()
-    rows = parallel.process_rows(mesh.devices.size, mesh)
-    ones = parallel.global_batch(np.ones(rows.stop - rows.start, np.float32), mesh,
-                                 mesh.devices.size)
+    ones = parallel.shard_batch(np.ones(mesh.devices.size, np.float32), mesh)
     total = jax.jit(jnp.sum, out_shardings=parallel.replicated(mesh)).lower(ones).compile()
     barrier("udm_warm_up_all_reduce")
     if float(total(ones)) != mesh.devices.size:

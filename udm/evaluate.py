@@ -74,7 +74,7 @@ def estimate_sigma_bar(config, workdir: str, *, process, eval_apply, params, dat
     mesh each Monte Carlo batch is split over its devices (all processes compute the table).
     """
     name, vc = config.sampler.variance, config.variance
-    if name not in ("analytic", "ml_isotropic"):
+    if name not in variance.MONTE_CARLO_VARIANCES:
         return None
     path = os.path.join(workdir, "variance", f"{name}_step{config.train.num_steps}.npz")
     timesteps = np.asarray(sorted(set(int(t) for t in timesteps)), np.int32)

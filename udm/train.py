@@ -152,7 +152,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     mesh = parallel.data_mesh()
     parallel.check_divisible(config.train.batch_size, mesh, "config.train.batch_size")
     parallel.check_divisible(config.eval.batch_size, mesh, "config.eval.batch_size")
-    if config.sampler.variance in ("analytic", "ml_isotropic"):
+    if config.sampler.variance in variance.MONTE_CARLO_VARIANCES:
         parallel.check_divisible(config.variance.mc_batch_size, mesh,
                                  "config.variance.mc_batch_size")
 

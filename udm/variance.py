@@ -598,6 +598,8 @@ def reverse_variance(name: str, process, grid: Array, *, eta: float = 1.0,
 # Names that `config.sampler.variance` accepts: the VARIANCES choices (a [T + 1] std table) and
 # the state-dependent heads of udm.variance_heads.
 HEAD_VARIANCES = ("npr", "sn")
+# The choices whose sigma_bar comes from a Monte Carlo over the data (estimate_sigma_bar).
+MONTE_CARLO_VARIANCES = tuple(name for name in VARIANCES if VARIANCES.get(name).estimate)
 SAMPLING_VARIANCES = ("fixed_small", "fixed_large", "analytic", "ml_isotropic") + HEAD_VARIANCES
 
 
