@@ -31,7 +31,7 @@ from experiments.timing import median_time
 from udm import likelihood
 from udm.data import load_dataset
 from udm.nn import UNet
-from udm.sde import VPSDE, network_score_fn
+from udm.processes.sde import VPSDE, network_score_fn
 
 _BATCH = flags.DEFINE_integer("batch", 64, "Examples per likelihood call.")
 _REPEATS = flags.DEFINE_integer("repeats", 10, "Timed repetitions (the median is reported).")

@@ -19,7 +19,7 @@ from experiments.timing import median_time
 from udm import parallel
 from udm.data import batch_at_step, load_dataset
 from udm.losses import make_loss_fn
-from udm.samplers import make_sampler, network_predictor
+from udm.sampling import make_sampler, network_predictor
 from udm.train import (init_state, make_apply_fns, make_model, make_optimizer, make_process,
                        make_train_step)
 

@@ -27,7 +27,7 @@ from configs import sde_digits
 from experiments.common import batched, write_json
 from udm import evaluate as eval_lib
 from udm import likelihood, metrics, train
-from udm.sde import network_score_fn
+from udm.processes.sde import network_score_fn
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/sde_table", "Checkpoints and per-model rows.")
 _SDES = flags.DEFINE_list("sdes", ["vp", "subvp", "ve"], "Which SDEs (configs/sde_digits.py).")

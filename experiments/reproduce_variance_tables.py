@@ -36,7 +36,7 @@ from configs import ddpm_digits  # noqa: E402
 from experiments.common import batched, write_json  # noqa: E402
 from udm import evaluate as eval_lib  # noqa: E402
 from udm import likelihood, metrics, train, variance, variance_heads  # noqa: E402
-from udm.samplers import network_predictor, time_grid  # noqa: E402
+from udm.sampling import network_predictor, time_grid  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/variance_tables", "Checkpoints, caches, cells.")
 _STEPS = flags.DEFINE_list("step_counts", ["10", "25", "50", "100", "200", "1000"], "Rows K.")
@@ -103,7 +103,7 @@ class Models:
             state = train.train_variance_head(head_config, os.path.join(workdir, kind),
                                               self.params, experiment=exp)
             _, head_apply, features_fn = train.make_variance_head(head_config, exp)
-            self.heads[kind] = eval_lib.HeadModel(kind, features_fn, head_apply,
+            self.heads[kind] = variance_heads.HeadModel(kind, features_fn, head_apply,
                                                   state.ema_params)
         self.train_seconds = time.perf_counter() - start
         T = exp.process.num_timesteps
@@ -151,7 +151,7 @@ def nll_cell(models: Models, variance_name: str, trajectory: str, k: int, images
              *, key):
     """Mean and standard error of the K-step bound in bits/dim (eta = 1 kernel)."""
     process = models.exp.process
-    grid = time_grid(process.num_timesteps, k, models.spacing(trajectory, k))
+    grid = time_grid(process, k, models.spacing(trajectory, k))
     alpha_bar, beta_bar, times = variance.chain_from_grid(process, grid)
     reverse_var = None
     if variance_name in models.heads:

@@ -11,7 +11,7 @@ from udm.losses import make_loss_fn
 from udm.processes.cold import (DEFAULT_PRIOR_JITTER, LinearDegradationProcess, blur_operator,
                                 cold_blur, gaussian_kernel)
 from udm.processes.heat import dct_matrix, heat_dissipation, heat_operator
-from udm.samplers import make_sampler
+from udm.sampling import make_sampler
 
 SAMPLER_NAMES = ("baseline", "improved")  # B2.1 (sigma_tilde = 1) and B2.2 (sigma_tilde = 0)
 
@@ -34,7 +34,7 @@ def _oracle(params, xt, t):
 def _sample(process, predictor, params, x_T, name, num_steps=None):
     sample = make_sampler(process, predictor, num_steps=num_steps or process.num_timesteps,
                           name=name)
-    return np.asarray(sample(params, x_T, key=jax.random.PRNGKey(7)))
+    return np.asarray(sample(params, x_T, key=jax.random.PRNGKey(7)).x0)
 
 
 # --- the forward and its inverse --------------------------------------------------------------

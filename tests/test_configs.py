@@ -37,9 +37,14 @@ def test_unknown_variant_is_refused():
 @pytest.mark.parametrize("field,value,message", [
     ("process.sde", "vq", "unknown SDE 'vq'"),
     ("process.beta_max", None, None),
-    ("sampler.name", "ddim", "unknown continuous-time sampler 'ddim'"),
-    ("train.loss_weighting", "min_snr_5", "loss_weighting of an SDE must be one of"),
-    ("train.time_sampling", "importance", "needs config.train.loss_weighting='likelihood'"),
+    ("sampler.name", "euler", "unknown sampler 'euler'; valid names: baseline, ddim, ddpm, em"),
+    ("sampler.spacing", "quadratic", "continuous-time grids are uniform in t"),
+    ("eval.step_counts", (10, 0), r"config.eval.step_counts entries must be >= 1, got 0"),
+    ("process.t_min", 0.0, r"config.process \('sde'\) is invalid: t_min must be in \(0, 1\)"),
+    ("train.loss_weighting", "min_snr_5",
+     "config.train.loss_weighting / time_sampling: unknown DSM weighting 'min_snr_5'; "
+     "valid: none, likelihood"),
+    ("train.time_sampling", "importance", "time_sampling='importance' needs weighting='likelihood'"),
     ("sampler.noise_scale", -1.0, "noise_scale must be >= 0"),
 ])
 def test_sde_config_errors_name_the_field(field, value, message):
@@ -133,7 +138,7 @@ def test_variance_config_errors_name_the_field(module, fields, message):
 
 
 @pytest.mark.parametrize("fields,message", [
-    ({"sampler.name": "ddim"}, "'baseline' or 'improved'"),
+    ({"sampler.name": "ddim"}, "the LinearDegradationProcess samples with: baseline, improved"),
     ({"train.loss_weighting": "min_snr_5"}, "weighting"),
     ({"process.kernel_std": -1.0}, "config.process"),
 ])

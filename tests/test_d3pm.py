@@ -10,7 +10,7 @@ import pytest
 
 from udm.losses import make_loss_fn
 from udm.processes.d3pm import D3PMProcess, d3pm_absorbing, d3pm_uniform
-from udm.samplers import make_sampler
+from udm.sampling import make_sampler
 
 T = 6
 ORACLE_SCALE = 100.0  # logit gap of the oracle: exp(-100) is 0 in float32
@@ -204,7 +204,7 @@ def test_oracle_sampler_from_prior_returns_x0(kind, name, num_steps):
         assert bool(jnp.all(x_T == process.mask_id))
     else:
         assert bool(jnp.all((x_T >= 0) & (x_T < 4)))
-    out = sample(None, x_T, key=sample_key)
+    out = sample(None, x_T, key=sample_key).x0
     assert out.dtype == jnp.int32
     np.testing.assert_array_equal(out, x0)
 
@@ -237,7 +237,7 @@ def test_exact_posterior_samples_the_data_distribution(kind, name, num_steps):
 
     def frequencies(p):
         out = make_sampler(p, predictor, num_steps=num_steps, name=name)(
-            None, x_T, key=sample_key)
+            None, x_T, key=sample_key).x0
         return np.bincount(np.asarray(out).ravel(), minlength=vocab) / out.size
 
     tolerance = 5 * np.sqrt(probs * (1 - probs) / (2000 * 6))

@@ -16,7 +16,7 @@ import pytest
 from scipy import special
 
 from udm import likelihood
-from udm.sde import SubVPSDE, VESDE, VPSDE
+from udm.processes.sde import SubVPSDE, VESDE, VPSDE
 
 D = 3
 MEAN = np.array([0.3, -0.2, 0.1])

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from udm.losses import make_loss_fn
-from udm.processes import PROCESSES, TOKEN_PROCESSES
+from udm.processes import PROCESSES, Process
 from udm.processes.base import init_params
-from udm.samplers import make_sampler
+from udm.sampling import make_sampler
 
 SEQ_LEN, VOCAB = 6, 5
 KWARGS = {
@@ -24,40 +24,61 @@ KWARGS = {
     "d3pm_uniform": dict(seq_len=SEQ_LEN, vocab_size=VOCAB, num_timesteps=6),
     "d3pm_absorbing": dict(seq_len=SEQ_LEN, vocab_size=VOCAB, num_timesteps=6),
     "encoding": dict(seq_len=SEQ_LEN, vocab_size=VOCAB, latent_dim=8, num_timesteps=20),
+    "sde": dict(sde="vp"),
 }
-DISCRETE_TIME = [name for name in PROCESSES.names() if name != "sde"]
+ALL = PROCESSES.names()
+# The optional methods each capability promises (`udm.processes.base.Capabilities`).
+OPTIONAL = {"gaussian_marginals": ("marginal",), "ddpm_variance": ("ddpm_sigma_tilde",),
+            "learned_params": ("init_params", "bind", "diagnostics"),
+            "latent_state": ("decode",), "fitted_prior": ("fit_prior",)}
 
 
 def test_every_registered_process_is_covered():
-    assert sorted(KWARGS) == sorted(DISCRETE_TIME)
+    assert sorted(KWARGS) == sorted(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_process_satisfies_the_contract(name):
+    """One contract: the Protocol's methods, and exactly the optional methods it declares."""
+    process = PROCESSES.get(name)(**KWARGS[name])
+    assert isinstance(process, Process)
+    for flag, methods in OPTIONAL.items():
+        for method in methods:
+            assert callable(getattr(process, method, None)) == getattr(
+                process.capabilities, flag), (name, flag, method)
+
+
+def _start(process, x0, eps):
+    """x_T = F_T(x_0, eps) at the top time of the process (T, or 1 in continuous time)."""
+    top = 1.0 if process.capabilities.continuous_time else process.num_timesteps
+    return jax.vmap(process.forward)(jnp.full((x0.shape[0],), top), x0, eps)
 
 
 def _data(process, key):
-    if isinstance(process, TOKEN_PROCESSES):
+    if process.capabilities.tokens:
         return jax.random.randint(key, (4, SEQ_LEN), 0, VOCAB)
     return jax.random.uniform(key, (4, 8, 8, 1), minval=-1.0, maxval=1.0)
 
 
 def _oracle(process, x0):
-    if isinstance(process, TOKEN_PROCESSES):
+    if process.capabilities.tokens:
         return lambda params, xt, t: 100.0 * jax.nn.one_hot(x0, VOCAB)
     return lambda params, xt, t: x0
 
 
-@pytest.mark.parametrize("name", DISCRETE_TIME)
+@pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("design", ["improved", "baseline"])
 def test_process_runs_through_the_generic_sampler(name, design):
     process = PROCESSES.get(name)(**KWARGS[name])
     key_data, key_eps, key_sample = jax.random.split(jax.random.PRNGKey(0), 3)
     x0 = _data(process, key_data)
-    T = process.num_timesteps
     eps = process.sample_eps(key_eps, x0.shape, x0.dtype)
-    x_T = jax.vmap(process.forward)(jnp.full((x0.shape[0],), T), x0, eps)
-    for num_steps in (T, 2):
+    x_T = _start(process, x0, eps)
+    for num_steps in (getattr(process, "num_timesteps", 20), 2):
         out = make_sampler(process, _oracle(process, x0), num_steps=num_steps,
-                           name=design)(init_params(process, None), x_T, key=key_sample)
+                           name=design)(init_params(process, None), x_T, key=key_sample).x0
         assert out.shape == x0.shape and out.dtype == x0.dtype
-        if isinstance(process, TOKEN_PROCESSES):
+        if process.capabilities.tokens:
             # Both designs end at the oracle's x_0 (the baseline re-corrupts x0_hat = x_0 with
             # F_0 = identity on its last step).
             np.testing.assert_array_equal(np.asarray(out), np.asarray(x0))
@@ -66,11 +87,11 @@ def test_process_runs_through_the_generic_sampler(name, design):
             np.testing.assert_allclose(np.asarray(out), np.asarray(x0), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", DISCRETE_TIME)
+@pytest.mark.parametrize("name", ALL)
 def test_process_trains_through_the_generic_loss(name):
     process = PROCESSES.get(name)(**KWARGS[name])
     x0 = _data(process, jax.random.PRNGKey(1))
-    if isinstance(process, TOKEN_PROCESSES):
+    if process.capabilities.tokens:
         def apply_fn(params, xt, t, key):
             del key
             if jnp.issubdtype(xt.dtype, jnp.floating):  # the encoding model's latents
@@ -107,9 +128,10 @@ def test_sampler_path_records_every_state(name):
     plain = make_sampler(process, _oracle(process, x0), num_steps=T, name="improved")
     traced = make_sampler(process, _oracle(process, x0), num_steps=T, name="improved",
                           return_path=True)
-    out, path = traced(None, x_T, key=key)
+    result = traced(None, x_T, key=key)
+    out, path = result.x0, result.path
     assert path.shape == (T, *x0.shape)
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(plain(None, x_T, key=key)))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(plain(None, x_T, key=key).x0))
     np.testing.assert_array_equal(np.asarray(path[-1]), np.asarray(out))
     if name == "masking":  # the improved sampler unmasks exactly one position per step
         masks = np.sum(np.asarray(path) == process.mask_id, axis=-1)

@@ -8,7 +8,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from udm import oracles
 from udm.processes import GaussianProcess
-from udm.samplers import make_sampler, slerp, time_grid
+from udm.sampling import discrete_time_grid as time_grid, make_sampler, slerp
 
 M, S = 0.5, 0.3          # data N(M, S^2)
 
@@ -44,7 +44,7 @@ def test_gaussian_data_is_recovered(name, num_steps, eta):
     a_T, b_T = float(p.alpha_bar[-1]), float(p.beta_bar[-1])
     var_T = a_T ** 2 * S ** 2 + b_T ** 2      # exact p(x_T) for this data
     x_T = a_T * M + np.sqrt(var_T) * jax.random.normal(jax.random.PRNGKey(0), (n, 1))
-    x0 = np.asarray(sample(None, x_T, key=jax.random.PRNGKey(1)), np.float64)
+    x0 = np.asarray(sample(None, x_T, key=jax.random.PRNGKey(1)).x0, np.float64)
     exact_mean, exact_var = _exact_output_law(p, time_grid(1000, num_steps), name, eta, a_T * M, var_T)
     # 1) The Monte Carlo output matches the exactly propagated law: 5 standard errors.
     assert abs(x0.mean() - exact_mean) < 5 * np.sqrt(exact_var / n)
@@ -66,7 +66,7 @@ def test_ddim_ode_converges_with_order_one():
         errors = []
         for k in [25, 50, 100, 200]:
             out = make_sampler(p, pred, num_steps=k, name="ddim", spacing="uniform")(
-                None, jnp.array([[0.0], [1.0]]), key=jax.random.PRNGKey(0))
+                None, jnp.array([[0.0], [1.0]]), key=jax.random.PRNGKey(0)).x0
             slope = float(out[1, 0] - out[0, 0])
             errors.append(abs(np.sqrt(slope ** 2 * var_T) - S))
         orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
@@ -80,7 +80,7 @@ def test_mixture_weights_are_recovered():
     n = 20_000
     x_T = p.prior(jax.random.PRNGKey(0), (n, 1))
     for name, k in [("ddpm", 1000), ("ddim", 100)]:
-        x0 = make_sampler(p, pred, num_steps=k, name=name)(None, x_T, key=jax.random.PRNGKey(1))
+        x0 = make_sampler(p, pred, num_steps=k, name=name)(None, x_T, key=jax.random.PRNGKey(1)).x0
         recovered = oracles.mixture_responsibilities(means, stds, weights, x0).mean(axis=0)
         # Binomial standard error sqrt(0.21 / n) = 0.0032; 0.02 allows ~6 of them.
         np.testing.assert_allclose(recovered, weights, atol=0.02)
@@ -113,7 +113,7 @@ def test_stride_one_subsequence_equals_hand_written_chain():
     pred = oracles.gaussian_posterior_mean(p, M, S)
     x_T = p.prior(jax.random.PRNGKey(0), (64, 1))
     key = jax.random.PRNGKey(5)
-    got = make_sampler(p, pred, num_steps=20, name="ddpm")(None, x_T, key=key)
+    got = make_sampler(p, pred, num_steps=20, name="ddpm")(None, x_T, key=key).x0
     x = x_T
     for i, t in enumerate(range(20, 0, -1)):
         _, correct_key = jax.random.split(jax.random.fold_in(key, i))
@@ -138,7 +138,7 @@ def test_sampler_traces_once_for_any_number_of_steps():
         sample = jax.jit(chex.assert_max_traces(sample, n=1))
         x_T = jnp.zeros((4, 1))
         for seed in range(3):   # new keys and params must not retrace
-            sample(jnp.float32(1.0 + seed), x_T, key=jax.random.PRNGKey(seed))
+            sample(jnp.float32(1.0 + seed), x_T, key=jax.random.PRNGKey(seed)).x0
         assert len(traces) == 1, f"step body traced {len(traces)} times for K={k}"
 
 
@@ -151,9 +151,9 @@ def test_data_parallel_sampling_matches_single_device():
                           eta=1.0)
     x_T = p.prior(jax.random.PRNGKey(0), (8 * devices.size, 4))
     sharded = jax.device_put(x_T, NamedSharding(mesh, P("data")))
-    out_sharded = sample(None, sharded, key=jax.random.PRNGKey(1))
+    out_sharded = sample(None, sharded, key=jax.random.PRNGKey(1)).x0
     assert out_sharded.sharding.spec == P("data")
-    np.testing.assert_allclose(out_sharded, sample(None, x_T, key=jax.random.PRNGKey(1)),
+    np.testing.assert_allclose(out_sharded, sample(None, x_T, key=jax.random.PRNGKey(1)).x0,
                                rtol=1e-6, atol=1e-6)
 
 
@@ -180,6 +180,6 @@ def test_exact_posterior_sampling_is_exact_for_any_step_count(name, num_steps):
     n = 100_000
     var_T = a[-1] ** 2 * S ** 2 + b[-1] ** 2
     x_T = a[-1] * M + np.sqrt(var_T) * jax.random.normal(jax.random.PRNGKey(0), (n, 1))
-    x0 = np.asarray(sample(None, x_T, key=jax.random.PRNGKey(1)), np.float64)
+    x0 = np.asarray(sample(None, x_T, key=jax.random.PRNGKey(1)).x0, np.float64)
     assert abs(x0.mean() - M) < 5 * S / np.sqrt(n)
     assert abs(x0.var() - S ** 2) < 5 * S ** 2 * np.sqrt(2 / n)

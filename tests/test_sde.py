@@ -13,8 +13,10 @@ import pytest
 from scipy import integrate
 
 from udm import losses, oracles
-from udm import sde as sde_lib
-from udm import sde_samplers
+from udm.processes import GaussianProcess
+from udm.processes import sde as sde_lib
+from udm.sampling import make_sampler, time_grid
+from udm.sampling import sde as sde_samplers
 
 M, S = 0.5, 0.3          # data N(M, S^2 I)
 ALL_SDES = ["vp", "subvp", "ve", "blog"]
@@ -30,11 +32,6 @@ def gaussian_score(sde, mean=M, std=S):
         return -(x - a * mean) / (a ** 2 * std ** 2 + b ** 2)
 
     return score
-
-
-def mixture_score(sde, means, stds, weights):
-    """Exact score of p_t for a Gaussian mixture: (alpha_bar E[x_0 | x_t] - x_t) / beta_bar^2."""
-    return oracles.gaussian_mixture_score(sde, means, stds, weights)
 
 
 def marginal64(sde, t):
@@ -249,8 +246,8 @@ def test_dsm_loss_of_exact_eps_predictor_matches_closed_form():
     key = jax.random.PRNGKey(1)
 
     def run(weighting, time_sampling):
-        loss_fn = losses.make_dsm_loss_fn(sde, exact_eps, weighting=weighting,
-                                          time_sampling=time_sampling)
+        loss_fn = losses.make_loss_fn(sde, exact_eps, weighting=weighting,
+                                      time_sampling=time_sampling)
         return float(jax.jit(loss_fn)(None, x0, key=key)[0])
 
     # Per example: given t the mean over d entries has mean r and variance 2 r^2 / d.
@@ -264,7 +261,7 @@ def test_dsm_loss_of_exact_eps_predictor_matches_closed_form():
     loss_u = run("likelihood", "uniform")
     assert abs(loss_u - mean_u) < 5 * np.sqrt(var_u / batch)                  # 5 SE
     # 3) importance-sampled t ~ w / Z, estimate Z * mse.
-    _, z_lib = losses.importance_time_sampler(sde)
+    z_lib = sde_lib._importance_table(sde)[0][-1]
     z = quad(w)
     assert abs(float(z_lib) / z - 1) < 1e-3       # trapezoid table vs adaptive quadrature
     mean_i = float(z_lib) * quad(lambda t: w(t) * r(t)) / z
@@ -281,9 +278,9 @@ def test_dsm_loss_of_exact_eps_predictor_matches_closed_form():
 
 def test_importance_time_sampler_follows_the_likelihood_weight():
     sde = sde_lib.VPSDE()
-    sample, _ = losses.importance_time_sampler(sde)
     n = 200_000
-    t = np.asarray(sample(jax.random.PRNGKey(0), (n,)), np.float64)
+    t, _ = sde.sample_time(jax.random.PRNGKey(0), n, time_sampling="importance")
+    t = np.asarray(t, np.float64)
     assert t.min() >= sde.t_min and t.max() <= 1.0
     w = lambda u: _vp64(sde, u)[2]
     z = integrate.quad(w, sde.t_min, 1.0, limit=200, points=[1e-2, 1e-1])[0]
@@ -297,11 +294,11 @@ def test_dsm_loss_rejects_bad_names():
     sde = sde_lib.VPSDE()
     apply_fn = lambda p, x, t, k: x
     with pytest.raises(ValueError, match="none, likelihood"):
-        losses.make_dsm_loss_fn(sde, apply_fn, weighting="snr")
+        losses.make_loss_fn(sde, apply_fn, weighting="snr")
     with pytest.raises(ValueError, match="uniform, importance"):
-        losses.make_dsm_loss_fn(sde, apply_fn, weighting="likelihood", time_sampling="cosine")
+        losses.make_loss_fn(sde, apply_fn, weighting="likelihood", time_sampling="cosine")
     with pytest.raises(ValueError, match="needs weighting='likelihood'"):
-        losses.make_dsm_loss_fn(sde, apply_fn, time_sampling="importance")
+        losses.make_loss_fn(sde, apply_fn, time_sampling="importance")
 
 
 # --- samplers: closed-form reproduction ----------------------------------------------------
@@ -310,30 +307,34 @@ def test_dsm_loss_rejects_bad_names():
 # bias measured at these K). Euler in t is first order with a large constant for VE, whose
 # sigma(t) grows like e^{8.5 t}; "pc" adds the Langevin corrector's step-size bias at snr = 0.16,
 # Var x 1 / (1 - snr^2) (std + 1.3%), to the predictor's O(dt) error.
+# The estimate-then-correct samplers run on the SDEs too (float times): ddpm, ddim (eta = 0) and
+# improved (= ddim for Gaussian noise) are exact for Gaussian data up to the grid; the baseline
+# design is not (it ignores Var[x_0 | x_t]) and is left out.
 NUM_STEPS = {"em": 200, "pc": 200, "ode_euler": 400, "ode_heun": 100, "ode_ddim": 400,
-             "ode_adaptive": 0}
+             "ode_adaptive": 0, "ddpm": 200, "ddim": 100, "improved": 100}
 STD_ALLOWANCE = {"em": 0.015, "pc": 0.02, "ode_euler": 0.015, "ode_heun": 0.015, "ode_ddim": 0.015,
-                 "ode_adaptive": 0.005}
+                 "ode_adaptive": 0.005, "ddpm": 0.015, "ddim": 0.015, "improved": 0.015}
 STD_ALLOWANCE_VE = {"ode_euler": 0.08}
 # Score traces per compilation: the scan body once (Heun: two evaluations, pc: corrector and
 # predictor), plus the final Tweedie denoise. A scan unrolled per step would trace K times.
-TRACES = {"em": 2, "pc": 3, "ode_euler": 2, "ode_heun": 3, "ode_ddim": 2}
+TRACES = {"em": 2, "pc": 3, "ode_euler": 2, "ode_heun": 3, "ode_ddim": 2, "ddpm": 2, "ddim": 2,
+          "improved": 2}
 
 
-@pytest.mark.parametrize("name", sde_samplers.CONTINUOUS_SAMPLERS.names())
+@pytest.mark.parametrize("name", sorted(NUM_STEPS))
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
 def test_named_samplers_reproduce_gaussian_data(sde_name, name):
     sde = sde_lib.get_sde(sde_name)
     n, d = 4096, 64        # d >= 64: the Langevin step-size heuristic assumes high dimension
     x_1 = exact_p1_sample(sde, 0, (n, d))
     traces = []
-    exact = gaussian_score(sde)
+    exact = oracles.gaussian_posterior_mean(sde, M, S)
 
-    def score(params, x, t):
+    def predictor(params, x, t):
         traces.append(1)          # Python side effect: runs only while tracing
         return params * exact(None, x, t)
 
-    sample = sde_samplers.make_continuous_sampler(sde, score, name, num_steps=NUM_STEPS[name])
+    sample = make_sampler(sde, predictor, name, num_steps=NUM_STEPS[name])
     out = sample(jnp.float32(1.0), x_1, key=jax.random.PRNGKey(1))
     assert len(traces) == TRACES.get(name, len(traces)) and len(traces) >= 1, len(traces)
     if sde_name == "vp":
@@ -344,7 +345,7 @@ def test_named_samplers_reproduce_gaussian_data(sde_name, name):
     assert bool(out.success) and out.x0.shape == (n, d) and out.x0.dtype == jnp.float32
     if name != "ode_adaptive":
         per_step = {"pc": 2, "ode_heun": 2}.get(name, 1)
-        assert int(out.nfe) == per_step * NUM_STEPS[name] + 1        # + 1: the Tweedie denoise
+        assert int(out.nfe) == per_step * NUM_STEPS[name] + 1   # + 1: the x_0 estimate at t_min
     x = np.asarray(out.x0, np.float64)
     size = x.size
     # 5 SE: mean SE = S / sqrt(size); relative std SE = 1 / sqrt(2 size) (0.14% here); plus
@@ -399,15 +400,14 @@ def test_langevin_corrector_leaves_p_t_invariant():
 def test_mixture_weights_are_recovered():
     sde = sde_lib.VPSDE()
     means, stds, weights = jnp.array([[-2.0], [2.0]]), jnp.array([0.5, 0.5]), jnp.array([0.3, 0.7])
-    score = mixture_score(sde, means, stds, weights)
+    predictor = oracles.gaussian_mixture_posterior_mean(sde, means, stds, weights)
     n = 8192
     rng = np.random.default_rng(0)
     x0 = np.where(rng.random((n, 1)) < 0.7, 2.0, -2.0) + 0.5 * rng.standard_normal((n, 1))
     a1, b1 = marginal64(sde, 1.0)
     x_1 = jnp.asarray(a1 * x0 + b1 * rng.standard_normal((n, 1)), jnp.float32)   # exact p_1
     for name, k in [("em", 200), ("ode_heun", 50)]:
-        out = sde_samplers.make_continuous_sampler(sde, score, name, num_steps=k)(
-            None, x_1, key=jax.random.PRNGKey(1))
+        out = make_sampler(sde, predictor, name, num_steps=k)(None, x_1, key=jax.random.PRNGKey(1))
         x = np.asarray(out.x0)[:, 0]
         recovered = np.mean(x > 0.0)             # nearest component (overlap at 0 is 3e-5)
         # Binomial SE sqrt(0.21 / n) = 0.005; 5 SE plus 0.005 of discretisation.
@@ -479,8 +479,15 @@ def test_em_family_shares_the_marginals():
 def test_sampler_errors_list_valid_names():
     sde = sde_lib.VPSDE()
     score = gaussian_score(sde)
-    with pytest.raises(ValueError, match="em, ode_adaptive, ode_ddim, ode_euler, ode_heun, pc"):
-        sde_samplers.make_continuous_sampler(sde, score, "ddpm", num_steps=10)
+    x0_pred = oracles.gaussian_posterior_mean(sde, M, S)
+    discrete = GaussianProcess.from_schedule("blog", 100)
+    with pytest.raises(ValueError, match="needs a continuous-time process with Gaussian marginals "
+                                         r"\(an SDE\); the GaussianProcess samples with: "
+                                         "baseline, ddim, ddpm, improved"):
+        make_sampler(discrete, oracles.gaussian_posterior_mean(discrete, M, S), "em",
+                     num_steps=10)
+    with pytest.raises(ValueError, match="unknown sampler 'euler'; valid names: baseline, ddim"):
+        make_sampler(sde, x0_pred, "euler", num_steps=10)
     with pytest.raises(ValueError, match="em, reverse_diffusion"):
         sde_samplers.make_sde_sampler(sde, score, num_steps=10, predictor="langevin")
     with pytest.raises(ValueError, match="noise_scale must be >= 0"):
@@ -490,16 +497,21 @@ def test_sampler_errors_list_valid_names():
     with pytest.raises(ValueError, match="corrector_steps >= 0"):
         sde_samplers.make_sde_sampler(sde, score, num_steps=10, corrector_steps=-1)
     with pytest.raises(ValueError, match="num_steps must be >= 1"):
-        sde_samplers.make_continuous_sampler(sde, score, "ode_euler", num_steps=0)
+        make_sampler(sde, x0_pred, "ode_euler", num_steps=0)
+    with pytest.raises(TypeError, match="valid options: eta, spacing"):
+        make_sampler(sde, x0_pred, "em", num_steps=10, lam=0.5)
     with pytest.raises(ValueError, match="euler, heun, ddim"):
         sde_samplers.make_ode_sampler(sde, score, num_steps=10, method="rk4")
     with pytest.raises(ValueError, match="num_steps must be >= 1"):
-        sde_lib.time_grid(sde, 0)
+        time_grid(sde, 0)
+    with pytest.raises(ValueError, match="uniform in t"):
+        time_grid(sde, 4, "quadratic")
     with pytest.raises(ValueError, match="eps, x0, score"):
         sde_lib.as_score_fn(sde, score, "v")
     with pytest.raises(ValueError, match="blog, subvp, ve, vp"):
         sde_lib.get_sde("cosine")
     with pytest.raises(ValueError, match="unknown hyperparameters"):
         sde_lib.get_sde("vp", sigma_max=50.0)
-    grid = np.asarray(sde_lib.time_grid(sde, 4))
-    np.testing.assert_allclose(grid, np.linspace(1.0, sde.t_min, 5), rtol=1e-6)
+    grid = time_grid(sde, 4)
+    times = np.linspace(1.0, sde.t_min, 5)
+    np.testing.assert_allclose(grid, np.stack([times[:-1], times[1:]], axis=1), rtol=1e-6)

@@ -11,7 +11,7 @@ from scipy import stats
 from udm.losses import make_loss_fn
 from udm.processes.edit import EditNoise, edit
 from udm.processes.masking import masking
-from udm.samplers import make_sampler
+from udm.sampling import make_sampler
 
 L, V = 7, 4          # the spec's 7-token lines; a small vocabulary makes v1 collisions common
 N = 20_000           # Monte Carlo sample size
@@ -132,7 +132,7 @@ def test_masking_improved_sampler_only_unmasks(num_steps):
     sample = make_sampler(p, _recording_predictor(_random_logits, records),
                           num_steps=num_steps, name="improved")
     x_T = p.prior(_key(0), (64, L))
-    x0 = np.asarray(sample(None, x_T, key=_key(1)))
+    x0 = np.asarray(sample(None, x_T, key=_key(1)).x0)
     jax.effects_barrier()
     times = [t for t, _ in records]
     expected_times = [L, 6, 5, 4, 3, 2, 1] if num_steps == L else [7, 5, 2]
@@ -159,7 +159,7 @@ def test_masking_with_one_position_samples_q_of_x0_given_mask():
 
     n = N
     sample = make_sampler(p, predictor, num_steps=1, name="improved")
-    x0 = np.asarray(sample(None, p.prior(None, (n, 1)), key=_key(1)))[:, 0]
+    x0 = np.asarray(sample(None, p.prior(None, (n, 1)), key=_key(1)).x0)[:, 0]
     jax.effects_barrier()
     assert len(calls) == 1
     counts = np.bincount(x0, minlength=5)
@@ -223,7 +223,7 @@ def test_edit_v2_oracle_improved_sampler_returns_x0_one_edit_per_step():
     records = []
     sample = make_sampler(p, _recording_predictor(lambda xt, t: _oracle_logits(x0), records),
                           num_steps=L, name="improved")
-    out = np.asarray(sample(None, x_T, key=_key(2)))
+    out = np.asarray(sample(None, x_T, key=_key(2)).x0)
     jax.effects_barrier()
     assert [t for t, _ in records] == list(range(L, 0, -1))
     states = [x for _, x in records] + [out]
@@ -256,7 +256,7 @@ def test_edit_v1_baseline_sampler_with_oracle_returns_x0():
     x0 = _data(32, seed=6)
     sample = make_sampler(p, lambda params, xt, t: _oracle_logits(x0), num_steps=L,
                           name="baseline")
-    out = sample(None, _data(32, seed=7), key=_key(1))
+    out = sample(None, _data(32, seed=7), key=_key(1)).x0
     np.testing.assert_array_equal(np.asarray(out), np.asarray(x0))
 
 

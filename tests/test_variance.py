@@ -8,7 +8,7 @@ import pytest
 
 from udm import likelihood, oracles, variance
 from udm.processes import GaussianProcess
-from udm.samplers import make_sampler, time_grid
+from udm.sampling import discrete_time_grid as time_grid, make_sampler
 
 T = 1000
 S = 0.5                                                   # Gaussian data N(0, S^2 I)
@@ -340,7 +340,7 @@ def test_sampling_with_the_analytic_sigma_bar_reproduces_the_data_variance(name,
     errors = {}
     for label, table in [("plain", None), ("analytic", sigma_bar)]:
         out = make_sampler(p, pred, num_steps=10, name=name, eta=eta, sigma_bar=table)(
-            None, x_T, key=jax.random.PRNGKey(3))
+            None, x_T, key=jax.random.PRNGKey(3)).x0
         errors[label] = abs(float(jnp.var(out)) / S ** 2 - 1)
     n = x_T.size
     assert errors["analytic"] < 5 * np.sqrt(2 / n) + 0.01, errors   # MC + Gamma estimation

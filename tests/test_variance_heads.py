@@ -14,7 +14,7 @@ import pytest
 
 from udm import likelihood, oracles, variance, variance_heads
 from udm.processes import GaussianProcess
-from udm.samplers import Estimate, make_sampler, time_grid
+from udm.sampling import Estimate, discrete_time_grid as time_grid, make_sampler
 
 S = 0.5                      # data std
 D = 16                       # data dimension of the head-training tests
@@ -233,24 +233,24 @@ def test_sampler_estimate_std_matches_the_sigma_bar_table(name, eta):
     x_T = _gaussian_prior((256, 4), jax.random.PRNGKey(0))
     key = jax.random.PRNGKey(1)
     kw = dict(num_steps=10, name=name, eta=eta)
-    plain = np.asarray(make_sampler(P, pred, **kw)(None, x_T, key=key))
-    by_table = np.asarray(make_sampler(P, pred, sigma_bar=table, **kw)(None, x_T, key=key))
+    plain = np.asarray(make_sampler(P, pred, **kw)(None, x_T, key=key).x0)
+    by_table = np.asarray(make_sampler(P, pred, sigma_bar=table, **kw)(None, x_T, key=key).x0)
     # 1) Estimate(x0, std = table[t]) (scalar or per coordinate) is the table path, same key.
     #    The same ops on the same values: equal up to float32 rounding (atol 1e-6).
     for std_fn in (lambda x, t: table[t], lambda x, t: jnp.full(x.shape, table[t])):
         est = lambda params, x, t, f=std_fn: Estimate(pred(params, x, t), f(x, t))
-        got = np.asarray(make_sampler(P, est, **kw)(None, x_T, key=key))
+        got = np.asarray(make_sampler(P, est, **kw)(None, x_T, key=key).x0)
         np.testing.assert_allclose(got, by_table, atol=1e-6)
     assert np.max(np.abs(by_table - plain)) > 0.05                 # the std matters
     # 2) std_cap = 0 everywhere makes every step mean-only: the plain point-estimate sampler.
     est = lambda params, x, t: Estimate(pred(params, x, t), jnp.full(x.shape, 0.7))
-    capped = make_sampler(P, est, std_cap=jnp.zeros((T + 1,)), **kw)(None, x_T, key=key)
+    capped = make_sampler(P, est, std_cap=jnp.zeros((T + 1,)), **kw)(None, x_T, key=key).x0
     np.testing.assert_allclose(np.asarray(capped), plain, atol=1e-6)
     # 3) The capped table sampler equals the sigma_bar_for_sampling table (same clips).
     cap = variance.std_cap(P, grid, eta=eta, clip_pixel=2)
     clipped_table = variance.sigma_bar_for_sampling(P, table, grid, eta=eta, clip_pixel=2)
-    a = make_sampler(P, pred, sigma_bar=table, std_cap=cap, **kw)(None, x_T, key=key)
-    b = make_sampler(P, pred, sigma_bar=clipped_table, **kw)(None, x_T, key=key)
+    a = make_sampler(P, pred, sigma_bar=table, std_cap=cap, **kw)(None, x_T, key=key).x0
+    b = make_sampler(P, pred, sigma_bar=clipped_table, **kw)(None, x_T, key=key).x0
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 

@@ -15,12 +15,9 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from udm import distributed, metrics, parallel, variance, variance_heads
-from udm.data import TextDataset
-from udm.processes import TOKEN_PROCESSES
-from udm.samplers import make_sampler, network_predictor, time_grid
-from udm.sde import SDE, network_score_fn
-from udm.sde_samplers import SampleOutput, SamplerOptions, make_continuous_sampler
+from udm import distributed, metrics, parallel, sampling, variance, variance_heads
+from udm.sampling import make_sampler, network_predictor, time_grid
+from udm.variance_heads import HeadModel
 
 
 def draw_priors(process, *, num_samples: int, batch_size: int, image_shape, key, mesh) -> list:
@@ -34,29 +31,18 @@ def generate(sample_fn, params, priors: list, *, num_samples: int, key):
     """Runs the sampler on each x_T batch (noise keys fold_in(key, batch)).
 
     Returns:
-      (samples [num_samples, ...], function evaluations per sample). A continuous-time sampler
-      reports its own count (an adaptive solver's varies per batch: the mean is returned) and
-      raises RuntimeError if a solve failed; for a discrete sampler the count is None.
+      (samples [num_samples, ...], function evaluations per sample: the mean over batches, since
+      an adaptive solver's count varies). Raises RuntimeError if a solve failed.
     """
     chunks, nfes = [], []
     for i, x_T in enumerate(priors):
         out = sample_fn(params, x_T, key=jax.random.fold_in(key, i))
-        if isinstance(out, SampleOutput):
-            if not bool(out.success):
-                raise RuntimeError(f"sampling batch {i} failed after {int(out.nfe)} function "
-                                   f"evaluations (adaptive solver step limit?)")
-            nfes.append(int(out.nfe))
-            out = out.x0
-        chunks.append(parallel.to_host(out))  # gathers the shards of other processes
-    return np.concatenate(chunks)[:num_samples], (float(np.mean(nfes)) if nfes else None)
-
-
-class HeadModel(NamedTuple):
-    """A trained NPR / SN variance head (udm.variance_heads) for the sampler."""
-    kind: str
-    features_fn: Callable
-    head_apply: Callable
-    params: Any
+        if not bool(out.success):
+            raise RuntimeError(f"sampling batch {i} failed after {int(out.nfe)} function "
+                               f"evaluations (adaptive solver step limit?)")
+        nfes.append(int(out.nfe))
+        chunks.append(parallel.to_host(out.x0))  # gathers the shards of other processes
+    return np.concatenate(chunks)[:num_samples], float(np.mean(nfes))
 
 
 def sampler_eta(config, name: str) -> float:
@@ -97,38 +83,26 @@ def estimate_sigma_bar(config, workdir: str, *, process, eval_apply, params, dat
 
 def make_eval_sampler(config, process, eval_apply, name: str, num_steps: int, *,
                       sigma_bar=None, head: Optional[HeadModel] = None, spacing=None):
-    """The sampler of one table row: discrete (udm.samplers) or continuous-time (udm.sde_samplers).
+    """The sampler of one table row, for any process (`udm.sampling.make_sampler`).
 
-    Continuous-time samples are clipped to the data range [-1, 1] when config.sampler.clip_x0.
-    A discrete ddpm / ddim row runs with config.sampler.variance (spec 04): sigma_bar is the
-    [T + 1] table of analytic / ml_isotropic (`estimate_sigma_bar`), head the NPR / SN head
+    With config.sampler.clip_x0 the x_0 estimates (the final samples, for the SDE / ODE
+    solvers) are clipped to the data range [-1, 1]; token processes predict logits, which are
+    not clipped. A ddpm / ddim row runs with config.sampler.variance (spec 04): sigma_bar is
+    the [T + 1] table of analytic / ml_isotropic (`estimate_sigma_bar`), head the NPR / SN head
     (the sampler's params are then {"mean": ..., "head": ...}). spacing overrides
     config.sampler.spacing (e.g. with an explicit sub-sequence from optimal_trajectory).
     """
     sc = config.sampler
     spacing = sc.spacing if spacing is None else spacing
-    if isinstance(process, SDE):
-        options = SamplerOptions(noise_scale=sc.noise_scale, snr=sc.snr,
-                                 corrector_steps=sc.corrector_steps, solver=sc.solver,
-                                 rtol=sc.rtol, atol=sc.atol, max_steps=sc.max_steps)
-        sample = make_continuous_sampler(process, network_score_fn(process, eval_apply, "eps"),
-                                         name, num_steps=num_steps, options=options)
-        if not sc.clip_x0:
-            return sample
-
-        def clipped(params, x, *, key):
-            out = sample(params, x, key=key)
-            return out._replace(x0=jax.numpy.clip(out.x0, -1.0, 1.0))
-
-        return clipped
-    # Token processes predict logits: nothing to clip.
-    clip = 1.0 if sc.clip_x0 and not isinstance(process, TOKEN_PROCESSES) else None
-    predictor = network_predictor(process, eval_apply, clip=clip)
+    clip = 1.0 if sc.clip_x0 and not process.capabilities.tokens else None
     eta = sampler_eta(config, name)
+    options = dict(eta=eta, spacing=spacing, clip_x0=clip, noise_scale=sc.noise_scale,
+                   snr=sc.snr, corrector_steps=sc.corrector_steps, solver=sc.solver,
+                   rtol=sc.rtol, atol=sc.atol, max_steps=sc.max_steps)
+    predictor = network_predictor(process, eval_apply)
     if sc.variance == "fixed_small":
-        return make_sampler(process, predictor, num_steps=num_steps, name=name, eta=eta,
-                            spacing=spacing)
-    grid = time_grid(process.num_timesteps, num_steps, spacing)
+        return make_sampler(process, predictor, name, num_steps=num_steps, **options)
+    grid = time_grid(process, num_steps, spacing)
     cap = variance.std_cap(process, grid, eta=eta, clip_pixel=sc.clip_pixel or None,
                            clip_sigma_idx=sc.clip_sigma_idx)
     table = None
@@ -141,8 +115,8 @@ def make_eval_sampler(config, process, eval_apply, name: str, num_steps: int, *,
     else:
         table = variance.sampling_sigma_bar(sc.variance, process, grid, eta=eta,
                                             sigma_bar=sigma_bar)
-    return make_sampler(process, predictor, num_steps=num_steps, name=name, eta=eta,
-                        spacing=spacing, sigma_bar=table, std_cap=cap)
+    return make_sampler(process, predictor, name, num_steps=num_steps, sigma_bar=table,
+                        std_cap=cap, **options)
 
 
 def sampler_label(config, name: str) -> str:
@@ -201,55 +175,90 @@ def markdown_table(rows: List[Dict[str, Any]], columns=_COLUMNS, headers=_HEADER
     return "\n".join(lines)
 
 
-def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh,
-             sample_key, head: Optional[HeadModel] = None) -> Dict[str, Any]:
-    """Samples with every (sampler, K) of config.eval, scores them, writes results.md/json.
+def sample_rows(config, workdir: str, runs, *, process, eval_apply, params, dataset, mesh,
+                sample_key, num_samples: int, head: Optional[HeadModel] = None):
+    """Samples num_samples examples with every (sampler, K) of `runs`, from the same x_T.
 
-    head: the trained NPR / SN head when config.sampler.variance is "npr" / "sn". Token data
-    go to `evaluate_text`. In a multi-process run every process samples (the batches are
-    sharded over all devices) and gathers the samples; process 0 alone then scores and writes,
-    the others return {}. Sampling comes first so that no process waits in a collective while
-    process 0 trains the classifier or scores.
+    Returns {(name, K): (samples, NFE per sample, seconds)}. With an Analytic-DPM /
+    ML Monte Carlo variance its sigma_bar table is estimated first (`estimate_sigma_bar`).
     """
-    if isinstance(dataset, TextDataset):
-        return evaluate_text(config, workdir, process=process, eval_apply=eval_apply,
-                             params=params, dataset=dataset, mesh=mesh, sample_key=sample_key)
     ec = config.eval
-    held_out = dataset.test_images
-    n = min(ec.num_samples, len(held_out))
-    # An adaptive ODE solver picks its own steps: one row, whatever the step counts.
-    runs = [(name, None if name == "ode_adaptive" else k)
-            for name in ec.samplers for k in ec.step_counts]
-    runs = list(dict.fromkeys(runs))
-    primary = (config.sampler.name,
-               None if config.sampler.name == "ode_adaptive" else config.sampler.num_steps)
-    if primary not in runs:
-        runs.append(primary)
-    grid_n = min(ec.grid_size, n)
-    # Same x_T for every row, same split of sample_key as before this was hoisted.
+    # Same x_T for every row.
     prior_key, noise_key = jax.random.split(sample_key)
-    priors = draw_priors(process, num_samples=n, batch_size=ec.batch_size,
-                         image_shape=held_out.shape[1:], key=prior_key, mesh=mesh)
+    priors = draw_priors(process, num_samples=num_samples, batch_size=ec.batch_size,
+                         image_shape=dataset.train_data.shape[1:], key=prior_key, mesh=mesh)
     sigma_bar, sample_params = None, params
-    if not isinstance(process, SDE):
-        grid_times = np.concatenate([time_grid(process.num_timesteps, k, config.sampler.spacing)[:, 0]
+    if config.sampler.variance in variance.MONTE_CARLO_VARIANCES:
+        grid_times = np.concatenate([time_grid(process, k, config.sampler.spacing)[:, 0]
                                      for _, k in runs])
         sigma_bar = estimate_sigma_bar(config, workdir, process=process, eval_apply=eval_apply,
-                                       params=params, data=dataset.train_images,
+                                       params=params, data=dataset.train_data,
                                        timesteps=grid_times, key=jax.random.fold_in(sample_key, 7),
                                        mesh=mesh)
-        if head is not None and config.sampler.variance == head.kind:
-            sample_params = {"mean": params, "head": head.params}
+    if head is not None and config.sampler.variance == head.kind:
+        sample_params = {"mean": params, "head": head.params}
     generated = {}
     for name, k in tqdm(runs, desc="sample", unit="run",
                         disable=not (config.train.progress_bar and distributed.is_primary())):
         sample_fn = make_eval_sampler(config, process, eval_apply, name, k or 0,
                                       sigma_bar=sigma_bar, head=head)
         start = time.perf_counter()
-        samples, nfe = generate(sample_fn, sample_params, priors, num_samples=n, key=noise_key)
+        samples, nfe = generate(sample_fn, sample_params, priors, num_samples=num_samples,
+                                key=noise_key)
         generated[name, k] = samples, nfe, time.perf_counter() - start
-    if not distributed.is_primary():
+    return generated
+
+
+def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh,
+             sample_key, head: Optional[HeadModel] = None) -> Dict[str, Any]:
+    """Samples with every (sampler, K) of config.eval, scores them, writes results.md/json.
+
+    The scores and files depend on the data, not on the process: the dataset picks its
+    evaluator (`EVALUATORS`, images or text). head: the trained NPR / SN head when
+    config.sampler.variance is "npr" / "sn". In a multi-process run every process samples (the
+    batches are sharded over all devices) and gathers the samples; process 0 alone then scores
+    and writes, the others return {}. Sampling comes first so that no process waits in a
+    collective while process 0 trains the classifier or scores.
+    """
+    evaluator = EVALUATORS[dataset.tokens]
+    n, runs = evaluator.plan(config, dataset)
+    generated = sample_rows(config, workdir, runs, process=process, eval_apply=eval_apply,
+                            params=params, dataset=dataset, mesh=mesh, sample_key=sample_key,
+                            num_samples=n, head=head)
+    if not distributed.is_primary():  # process 0 alone scores and writes
         return {}
+    return evaluator.report(config, workdir, dataset, generated, n)
+
+
+def _row_steps(name: str, k: int) -> Optional[int]:
+    """The K of a table row: None for a sampler that picks its own steps."""
+    return None if sampling.SAMPLERS.get(name).adaptive else k
+
+
+def _primary_row(config):
+    """The (sampler, K) of samples.png."""
+    return config.sampler.name, _row_steps(config.sampler.name, config.sampler.num_steps)
+
+
+def _image_plan(config, dataset):
+    """(samples per row, [(sampler, K)]) of an image evaluation: the eval grid plus the
+    sampler of samples.png; an adaptive solver picks its own steps (one row, K = None)."""
+    ec = config.eval
+    n = min(ec.num_samples, len(dataset.test_images))
+    runs = list(dict.fromkeys([(name, _row_steps(name, k))
+                               for name in ec.samplers for k in ec.step_counts]))
+    primary = _primary_row(config)
+    if primary not in runs:
+        runs.append(primary)
+    return n, runs
+
+
+def _image_report(config, workdir: str, dataset, generated, n: int) -> Dict[str, Any]:
+    """Scores image samples (FD-digits, class statistics, memorisation), writes grids and tables."""
+    ec = config.eval
+    held_out = dataset.test_images
+    grid_n = min(ec.grid_size, n)
+    primary = _primary_row(config)
 
     classifier = reference = None
     if dataset.num_classes is not None:
@@ -268,7 +277,7 @@ def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh
     rows = [dict(samples="real digits", steps=None, seconds=None, **real_row)]
     for (name, k), (samples, nfe, seconds) in generated.items():
         label = sampler_label(config, name)
-        rows.append(dict(samples=label, steps=k, nfe=nfe if nfe is not None else k,
+        rows.append(dict(samples=label, steps=k, nfe=nfe,
                          seconds=seconds,
                          **score(samples, classifier, reference, dataset.train_images, held_out)))
         suffix = f"{name}_{k}" if k is not None else name
@@ -305,36 +314,28 @@ _TEXT_HEADERS = ["samples", "steps K", "validity ↑", "perplexity under held-ou
                  "sampling time (s)"]
 
 
-def evaluate_text(config, workdir: str, *, process, eval_apply, params, dataset, mesh,
-                  sample_key) -> Dict[str, Any]:
-    """Token samples of every (sampler, K) of config.eval, scored by udm.metrics.text_report.
+def _text_plan(config, dataset):
+    """(samples per row, [(sampler, K)]) of a text evaluation: the eval grid."""
+    ec = config.eval
+    n = min(ec.num_samples, len(dataset.train_tokens))
+    return n, list(dict.fromkeys([(name, k) for name in ec.samplers for k in ec.step_counts]))
+
+
+def _text_report(config, workdir: str, dataset, generated, n: int) -> Dict[str, Any]:
+    """Token samples scored by udm.metrics.text_report; writes results.md / results.json and
+    samples_<sampler>_<K>.txt (decoded).
 
     Headline numbers: validity (the arithmetic language, checked exactly), the perplexity of the
     samples under a character 3-gram model fitted on the held-out split, distinct-1/2. The
-    reference row scores as many real training sequences the same way. Writes results.md /
-    results.json and samples_<sampler>_<K>.txt (decoded).
+    reference row scores as many real training sequences the same way.
     """
     ec = config.eval
-    n = min(ec.num_samples, len(dataset.train_tokens))
-    prior_key, noise_key = jax.random.split(sample_key)
-    priors = draw_priors(process, num_samples=n, batch_size=ec.batch_size,
-                         image_shape=dataset.train_tokens.shape[1:], key=prior_key, mesh=mesh)
-    runs = list(dict.fromkeys([(name, k) for name in ec.samplers for k in ec.step_counts]))
-    generated = {}
-    for name, k in tqdm(runs, desc="sample", unit="run",
-                        disable=not (config.train.progress_bar and distributed.is_primary())):
-        sample_fn = make_eval_sampler(config, process, eval_apply, name, k)
-        start = time.perf_counter()
-        samples, _ = generate(sample_fn, params, priors, num_samples=n, key=noise_key)
-        generated[name, k] = samples, time.perf_counter() - start
-    if not distributed.is_primary():  # process 0 alone scores and writes
-        return {}
     reference = metrics.fit_reference_model(dataset)
     rng = np.random.default_rng(config.seed)
     real = dataset.train_tokens[rng.choice(len(dataset.train_tokens), n, replace=False)]
     rows = [dict(samples="real sequences", steps=None, seconds=None,
                  **metrics.text_report(real, dataset, reference, seed=config.seed))]
-    for (name, k), (samples, seconds) in generated.items():
+    for (name, k), (samples, _, seconds) in generated.items():
         rows.append(dict(samples=sampler_label(config, name), steps=k, seconds=seconds,
                          **metrics.text_report(samples, dataset, reference, seed=config.seed)))
         _atomic_write(os.path.join(workdir, f"samples_{name}_{k}.txt"),
@@ -350,6 +351,17 @@ def evaluate_text(config, workdir: str, *, process, eval_apply, params, dataset,
     _atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))
     print(table)
     return results
+
+
+class Evaluator(NamedTuple):
+    """What an evaluation does for one kind of data: which rows, and how they are scored."""
+    plan: Callable      # plan(config, dataset) -> (samples per row, [(sampler, K)])
+    report: Callable    # report(config, workdir, dataset, generated, n) -> results dict
+
+
+# Chosen by the dataset (`dataset.tokens`): images or token sequences.
+EVALUATORS = {False: Evaluator(_image_plan, _image_report),
+              True: Evaluator(_text_plan, _text_report)}
 
 
 def _atomic_write(path: str, text: str) -> None:

@@ -25,9 +25,9 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from udm import ode
-from udm.samplers import Estimate
-from udm.sde import SDE
+from udm.sampling import ode
+from udm.sampling import Estimate
+from udm.processes.sde import SDE
 
 Array = Any
 # `score_fn(params, x [B, ...], t scalar float32) -> score [B, ...]`.

@@ -2,18 +2,20 @@
 
 They have the predictor signature `(params, x_t, t) -> x0_hat` (params ignored), so they plug
 into every sampler exactly like a trained network; tests and notebooks use them as ground truth.
+They work for every process with Gaussian marginals (`process.marginal(t)`), discrete or
+continuous time.
 """
 import jax
 import jax.numpy as jnp
 
-from udm.sde import as_score_fn
+from udm.processes.sde import as_score_fn
 
 
 def gaussian_posterior_mean(process, mean, std):
     """E[x_0 | x_t] for x_0 ~ N(mean, std^2 I): mean + a s^2 (x_t - a mean) / (a^2 s^2 + b^2)."""
     def predictor(params, xt, t):
         del params
-        a, b = process.alpha_bar[t], process.beta_bar[t]
+        a, b = process.marginal(t)
         gain = a * std ** 2 / (a ** 2 * std ** 2 + b ** 2)
         return mean + gain * (xt - a * mean)
 
@@ -33,7 +35,7 @@ def gaussian_mixture_posterior_mean(process, means, stds, weights):
     log_w = jnp.log(jnp.asarray(weights))
 
     def one(xt, t):
-        a, b = process.alpha_bar[t], process.beta_bar[t]
+        a, b = process.marginal(t)
         var_t = a ** 2 * stds ** 2 + b ** 2                       # [K] marginal variance of x_t
         d = xt.shape[-1]
         sq = jnp.sum((xt[None, :] - a * means) ** 2, axis=-1)      # [K]
@@ -63,34 +65,12 @@ def mixture_responsibilities(means, stds, weights, x0):
 
 # --- continuous time ---------------------------------------------------------------------------
 
-class _AtTime:
-    """`view[t]` evaluates a marginal function at a float time t."""
-
-    def __init__(self, fn):
-        self._fn = fn
-
-    def __getitem__(self, t):
-        return self._fn(t)
-
-
-class ContinuousTimeView:
-    """Makes an SDE (udm.sde) look like a discrete process to the oracles above.
-
-    The oracles read `process.alpha_bar[t]` and `process.beta_bar[t]`; here `t` is a float time
-    in [0, 1] and the values are the SDE's marginal coefficients at t.
-    """
-
-    def __init__(self, sde):
-        self.alpha_bar = _AtTime(sde.alpha_bar)
-        self.beta_bar = _AtTime(sde.beta_bar)
-
-
 def gaussian_score(sde, mean, std):
     """Exact score of p_t for x_0 ~ N(mean, std^2 I) under an SDE: `(params, x, t) -> score`."""
-    return as_score_fn(sde, gaussian_posterior_mean(ContinuousTimeView(sde), mean, std), "x0")
+    return as_score_fn(sde, gaussian_posterior_mean(sde, mean, std), "x0")
 
 
 def gaussian_mixture_score(sde, means, stds, weights):
     """Exact score of p_t for mixture data under an SDE, via (alpha_bar E[x_0|x_t] - x_t) / beta_bar^2."""
-    x0_fn = gaussian_mixture_posterior_mean(ContinuousTimeView(sde), means, stds, weights)
+    x0_fn = gaussian_mixture_posterior_mean(sde, means, stds, weights)
     return as_score_fn(sde, x0_fn, "x0")

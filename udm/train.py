@@ -17,13 +17,11 @@ from tqdm.auto import tqdm
 
 from udm import checkpoint as ckpt_lib
 from udm import distributed, parallel
-from udm.data import TEXT_DATASETS, TextDataset, batch_at_step, load_dataset, load_text_dataset
-from udm import losses, variance, variance_heads
+from udm.data import TEXT_DATASETS, batch_at_step, load_dataset, load_text_dataset
+from udm import losses, sampling, variance, variance_heads
 from udm.nn import ATTENTION_SCALES, TokenDenoiser, UNet, count_params
-from udm.processes import LOSS_WEIGHTINGS, PREDICTION_TARGETS, PROCESSES, TOKEN_PROCESSES
+from udm.processes import PROCESSES
 from udm.processes import base as process_base
-from udm.samplers import SAMPLERS, SPACINGS
-from udm.sde_samplers import CONTINUOUS_SAMPLERS
 
 PyTree = Any
 
@@ -43,68 +41,34 @@ def _check(cond: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def is_continuous(config: ml_collections.ConfigDict) -> bool:
-    """Whether the config describes a continuous-time SDE (process.name == "sde")."""
-    return config.process.name == "sde"
-
-
-def _validate_process_and_samplers(config) -> None:
+def _validate_process_and_samplers(config):
+    """Builds the process (its own checks name the field) and checks every sampler against it."""
     PROCESSES.get(config.process.name)
-    if is_continuous(config):
-        sde = make_process(config)  # unknown SDE names and hyperparameters fail here
-        _check(0.0 < sde.t_min < 1.0, f"config.process.t_min must be in (0, 1), got {sde.t_min}")
-        _check(config.train.loss_weighting in losses.DSM_WEIGHTINGS,
-               f"config.train.loss_weighting of an SDE must be one of "
-               f"{', '.join(losses.DSM_WEIGHTINGS)}, got {config.train.loss_weighting!r}")
-        _check(config.train.time_sampling in losses.TIME_SAMPLINGS,
-               f"config.train.time_sampling must be one of {', '.join(losses.TIME_SAMPLINGS)}, "
-               f"got {config.train.time_sampling!r}")
-        _check(config.train.time_sampling == "uniform"
-               or config.train.loss_weighting == "likelihood",
-               "config.train.time_sampling='importance' needs "
-               "config.train.loss_weighting='likelihood'")
-        for name in (config.sampler.name, *config.eval.samplers):
-            CONTINUOUS_SAMPLERS.get(name)
-        for name, k in [("config.sampler.num_steps", config.sampler.num_steps)] + [
-                ("config.eval.step_counts entries", k) for k in config.eval.step_counts]:
-            _check(k >= 1, f"{name} must be >= 1, got {k}")
-        _check(config.sampler.noise_scale >= 0,
-               f"config.sampler.noise_scale must be >= 0, got {config.sampler.noise_scale}")
-        return
-    if config.process.name == "gaussian":
-        T = config.process.num_timesteps
-        _check(T >= 1, f"config.process.num_timesteps must be >= 1, got {T}")
-        from udm import schedules  # noqa: F401  (registry lookup below)
-        schedules.SCHEDULES.get(config.process.schedule)
-        PREDICTION_TARGETS.get(config.process.prediction)
-        LOSS_WEIGHTINGS.get(config.train.loss_weighting)
-    else:
-        try:
-            process = make_process(config)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"config.process ({config.process.name!r}) is invalid: {e}") from e
-        T = process.num_timesteps
-        process.check_weighting(config.train.loss_weighting)
-        # ddpm / ddim need DDPM's variance; every process has the two UDM designs (spec 01 A5).
-        designs = ("baseline", "improved") + (
-            ("ddpm", "ddim") if hasattr(process, "ddpm_sigma_tilde") else ())
-        bad = [n for n in (config.sampler.name, *config.eval.samplers) if n not in designs]
-        names = [repr(d) for d in designs]
-        _check(not bad, f"process {config.process.name!r} samples with "
-                        f"{', '.join(names[:-1])} or {names[-1]} (spec 01 A5), got {bad}")
-    SAMPLERS.get(config.sampler.name)
-    SPACINGS.get(config.sampler.spacing)
-    for name in config.eval.samplers:
-        SAMPLERS.get(name)
-    _check(1 <= config.sampler.num_steps <= T,
-           f"config.sampler.num_steps must be in [1, T={T}], got {config.sampler.num_steps}")
-    for k in config.eval.step_counts:
-        _check(1 <= k <= T, f"config.eval.step_counts entries must be in [1, T={T}], got {k}")
+    try:
+        process = make_process(config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.process ({config.process.name!r}) is invalid: {e}") from e
+    try:
+        process.check_loss_options(config.train.loss_weighting, config.train.time_sampling)
+    except ValueError as e:
+        raise ValueError(f"config.train.loss_weighting / time_sampling: {e}") from e
+    for name in (config.sampler.name, *config.eval.samplers):
+        sampling.check_supported(name, process)
+    try:
+        sampling.time_grid(process, 1, config.sampler.spacing)
+    except ValueError as e:
+        raise ValueError(f"config.sampler.spacing: {e}") from e
+    for name, k in [("config.sampler.num_steps", config.sampler.num_steps)] + [
+            ("config.eval.step_counts entries", k) for k in config.eval.step_counts]:
+        sampling.check_num_steps(process, k, name)
     _check(0.0 <= config.sampler.eta <= 1.0,
            f"config.sampler.eta must be in [0, 1], got {config.sampler.eta}")
+    _check(config.sampler.noise_scale >= 0,
+           f"config.sampler.noise_scale must be >= 0, got {config.sampler.noise_scale}")
+    return process
 
 
-def _validate_variance(config) -> None:
+def _validate_variance(config, process) -> None:
     sc, vc = config.sampler, config.variance
     _check(sc.variance in variance.SAMPLING_VARIANCES,
            f"config.sampler.variance must be one of {', '.join(variance.SAMPLING_VARIANCES)}, "
@@ -117,7 +81,9 @@ def _validate_variance(config) -> None:
                f"config.sampler.variance={sc.variance!r} needs a trained head: set "
                f"config.variance.head={sc.variance!r} (got {vc.head!r})")
     if sc.variance != "fixed_small" or vc.head:
-        _check(config.process.name == "gaussian",
+        caps = process.capabilities
+        _check(caps.gaussian_marginals and caps.ddpm_variance and not caps.continuous_time
+               and not caps.tokens,
                f"config.sampler.variance / config.variance.head apply to the discrete Gaussian "
                f"process, got process {config.process.name!r}")
     if sc.variance != "fixed_small":
@@ -135,8 +101,8 @@ def _validate_variance(config) -> None:
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming the field for every bad value we can see without running."""
-    _validate_process_and_samplers(config)
-    _validate_variance(config)
+    process = _validate_process_and_samplers(config)
+    _validate_variance(config, process)
     ATTENTION_SCALES.get(config.model.attention_scale)
     _check(config.train.num_steps >= 0,
            f"config.train.num_steps must be >= 0, got {config.train.num_steps}")
@@ -170,7 +136,7 @@ def make_model(config, process=None):
     model_kwargs = dict(config.model)
     name = model_kwargs.pop("name", "unet")
     if name == "token_denoiser":
-        if process is None or not isinstance(process, TOKEN_PROCESSES):
+        if process is None or not process.capabilities.tokens:
             raise ValueError("config.model.name='token_denoiser' needs a token process "
                              "(masking, edit, encoding, d3pm_uniform, d3pm_absorbing)")
         return TokenDenoiser(input_vocab_size=process.num_input_tokens,
@@ -181,12 +147,6 @@ def make_model(config, process=None):
     for key in ("channel_mults", "attention_resolutions"):
         model_kwargs[key] = tuple(model_kwargs[key])
     return UNet(**model_kwargs)
-
-
-def training_data(dataset) -> np.ndarray:
-    """The training array of a dataset: images [N, H, W, C] or token sequences [N, l]."""
-    return dataset.train_tokens if isinstance(dataset, TextDataset) else dataset.train_images
-
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
@@ -310,12 +270,12 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     root = jax.random.key(config.seed, impl="rbg")
     init_key, train_key, sample_key = jax.random.split(root, 3)
     process = make_process(config)
-    if hasattr(process, "fit_prior"):  # cold / heat: x_T ~ a Gaussian fitted to F_T(data)
-        process = process.fit_prior(dataset.train_images)
-    if isinstance(process, TOKEN_PROCESSES) != isinstance(dataset, TextDataset):
+    if process.capabilities.tokens != dataset.tokens:
         raise ValueError(f"process {config.process.name!r} and data {config.data.name!r} do not "
                          f"fit: token processes need a text dataset and the others images")
-    if isinstance(dataset, TextDataset) and (process.seq_len, process.vocab_size) != (
+    if process.capabilities.fitted_prior:  # cold / heat: x_T ~ a Gaussian fitted to F_T(data)
+        process = process.fit_prior(dataset.train_data)
+    if dataset.tokens and (process.seq_len, process.vocab_size) != (
             dataset.seq_len, dataset.vocab_size):
         raise ValueError(f"config.process (seq_len={process.seq_len}, vocab_size="
                          f"{process.vocab_size}) must match the data {dataset.name!r} (seq_len="
@@ -437,19 +397,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *,
     training with FloatingPointError; the last good checkpoint stays.
     """
     exp = build(config) if experiment is None else experiment
-    data = training_data(exp.dataset)
+    data = exp.dataset.train_data
 
     def init(key):
         return init_state(exp.model, exp.optimizer, data, key, process=exp.process)
 
     train_apply, _ = make_apply_fns(exp.model)
-    if is_continuous(config):
-        loss_fn = losses.make_dsm_loss_fn(exp.process, train_apply,
-                                          weighting=config.train.loss_weighting,
-                                          time_sampling=config.train.time_sampling)
-    else:
-        loss_fn = losses.make_loss_fn(exp.process, train_apply,
-                                      weighting=config.train.loss_weighting)
+    loss_fn = losses.make_loss_fn(exp.process, train_apply, weighting=config.train.loss_weighting,
+                                  time_sampling=config.train.time_sampling)
     return fit(config.train, workdir, init=init, init_key=exp.init_key, loss_fn=loss_fn,
                optimizer=exp.optimizer, train_key=exp.train_key, mesh=exp.mesh,
                data=data, seed=config.seed,
@@ -523,7 +478,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     if config.variance.head:  # stage 2: NPR-DPM / SN-DPM head on the frozen EMA mean model
         head_state = train_variance_head(config, workdir, state.ema_params, experiment=exp)
         _, head_apply, features_fn = make_variance_head(config, exp)
-        head = eval_lib.HeadModel(config.variance.head, features_fn, head_apply,
+        head = variance_heads.HeadModel(config.variance.head, features_fn, head_apply,
                                   head_state.ema_params)
     if not config.eval.enabled:
         return {}

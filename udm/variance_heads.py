@@ -14,13 +14,13 @@ sampler receives an `Estimate(x0_hat, std)` and the reverse step t -> s gets the
 variance sigma_s^2 + gamma_{t,s}^2 sigma_bar_t^2(x_t) (spec 04 §3.6).
 Source: Bao et al., arXiv 2206.07309 (ICML 2022); kexue.fm/archives/9246.
 """
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from udm.samplers import Estimate
+from udm.sampling import Estimate
 
 Array = Any
 HEAD_KINDS = ("npr", "sn")
@@ -149,3 +149,11 @@ def head_predictor(process, features_fn: Callable, head_apply: Callable, *, kind
         return Estimate(x0_hat, jnp.sqrt(var))
 
     return predictor
+
+
+class HeadModel(NamedTuple):
+    """A trained NPR / SN variance head for the sampler (see `head_predictor`)."""
+    kind: str
+    features_fn: Callable
+    head_apply: Callable
+    params: Any

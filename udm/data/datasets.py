@@ -32,6 +32,8 @@ class Dataset:
     num_classes: Optional[int]
     name: str
 
+    tokens = False  # images, not token sequences (the pipeline picks the image evaluator)
+
     def __post_init__(self):
         for split in ("train", "test"):
             images = getattr(self, f"{split}_images")
@@ -46,6 +48,11 @@ class Dataset:
                              f"vs {self.test_images.shape[1:]}")
         if (self.train_labels is None) != (self.num_classes is None):
             raise ValueError("num_classes must be given exactly when labels are")
+
+    @property
+    def train_data(self) -> np.ndarray:
+        """What the model is trained on: the training images."""
+        return self.train_images
 
     @property
     def image_shape(self) -> Tuple[int, int, int]:

@@ -40,6 +40,8 @@ class TextDataset:
     test_tokens: np.ndarray
     is_valid: Optional[Callable[[str], bool]] = None
 
+    tokens = True  # token sequences (the pipeline picks the text evaluator)
+
     def __post_init__(self):
         if not isinstance(self.vocab, tuple) or not self.vocab:
             raise ValueError(f"vocab must be a non-empty tuple of characters, got {self.vocab!r}")
@@ -54,6 +56,11 @@ class TextDataset:
                 raise ValueError(f"{split}_tokens must be int32, got {tokens.dtype}")
             if tokens.shape[0] == 0:
                 raise ValueError(f"{split}_tokens holds no sequences")
+
+    @property
+    def train_data(self) -> np.ndarray:
+        """What the model is trained on: the training sequences."""
+        return self.train_tokens
 
     @property
     def vocab_size(self) -> int:

@@ -1,11 +1,12 @@
 """Forward corruptions x_t = F_t(x_0, eps), each with its inverse and its "correct" step.
 
-Every process runs through the one scan sampler (udm.samplers.make_sampler) and the one loss
-(udm.losses.make_loss_fn): Gaussian noise (B1), cold blur and heat dissipation (B2, C1),
-masking (B4), edit (B3), the encoding model (B5, a learned encoder with noise in its latent)
-and D3PM transition matrices (C2) (spec 01).
+Every process satisfies one contract (`udm.processes.base.Process`, optional abilities declared in
+its `Capabilities`) and runs through the one sampler entry point (udm.sampling.make_sampler) and
+the one loss (udm.losses.make_loss_fn): Gaussian noise (B1), cold blur and heat dissipation (B2,
+C1), masking (B4), edit (B3), the encoding model (B5, a learned encoder with noise in its latent),
+D3PM transition matrices (C2) (spec 01), and the continuous-time SDEs (spec 03).
 """
-from udm.processes.base import correct_by_inversion
+from udm.processes.base import Capabilities, Process, correct_by_inversion
 from udm.processes.cold import LinearDegradationProcess, cold_blur
 from udm.processes.d3pm import D3PMProcess, d3pm_absorbing, d3pm_uniform
 from udm.processes.edit import EditProcess, edit
@@ -14,7 +15,7 @@ from udm.processes.gaussian import GaussianProcess, LOSS_WEIGHTINGS, PREDICTION_
 from udm.processes.heat import heat_dissipation
 from udm.processes.masking import MaskingProcess, masking
 from udm.registry import Registry
-from udm.sde import get_sde
+from udm.processes.sde import SDE, get_sde
 
 # Config name -> constructor taking the remaining `config.process` fields as keywords.
 PROCESSES = Registry("process")
@@ -34,11 +35,7 @@ def _sde(sde: str = "vp", **hyperparameters):
     return get_sde(sde, **hyperparameters)
 
 
-# Whether a process models token sequences (data int32 [B, l], the network outputs logits; the
-# encoding model's network reads latents [B, l, D] instead of ids).
-TOKEN_PROCESSES = (MaskingProcess, EditProcess, D3PMProcess, EncodingProcess)
-
-__all__ = ["PROCESSES", "TOKEN_PROCESSES", "GaussianProcess", "LinearDegradationProcess",
+__all__ = ["PROCESSES", "Capabilities", "Process", "SDE", "GaussianProcess", "LinearDegradationProcess",
            "MaskingProcess", "EditProcess", "D3PMProcess", "EncodingProcess", "correct_by_inversion",
            "LOSS_WEIGHTINGS", "PREDICTION_TARGETS", "cold_blur", "heat_dissipation", "masking",
            "edit", "encoding", "d3pm_uniform", "d3pm_absorbing"]

@@ -1,7 +1,13 @@
-"""The UDM "correct" step shared by every process whose noise is Gaussian and invertible.
+"""The one process contract: every forward corruption, discrete or continuous time.
 
-Spec 01 (A8): with eps = sqrt(1 - sigma_tilde^2) eps_1 + sigma_tilde eps_2, replace eps_1 by the
-noise inferred from (x_0_hat, x_t) and draw eps_2 fresh:
+A process describes x_t = F_t(x_0, eps) and how to step back towards x_0 (spec 01 A1-A8). It is
+a frozen dataclass of arrays and numbers with pure methods, satisfying `Process` below; what it
+can do beyond the contract is declared once, in its `capabilities` (a `Capabilities`), so that the
+loss, the samplers and the pipeline never ask which process they hold.
+
+The UDM "correct" step shared by every process whose noise is Gaussian and invertible, spec 01
+(A8): with eps = sqrt(1 - sigma_tilde^2) eps_1 + sigma_tilde eps_2, replace eps_1 by the noise
+inferred from (x_0_hat, x_t) and draw eps_2 fresh:
 
     x_s = F_s(x0_hat, sqrt(1 - sigma_tilde^2) F_t^{-1}(x0_hat, x_t) + sigma_tilde eps),
 
@@ -10,7 +16,8 @@ x_s = F_s(x0_hat, eps_new). Marginals are kept for any sigma_tilde in [0, 1] bec
 F_t^{-1}(x_0, x_t) ~ N(0, I) when x_t ~ p(x_t | x_0). Here s < t is the previous time of the grid
 (s = t - 1 on the full chain).
 """
-from typing import Any, Protocol
+import dataclasses
+from typing import Any, Optional, Protocol, Tuple, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -18,21 +25,100 @@ import jax.numpy as jnp
 Array = Any
 
 
-class InvertibleProcess(Protocol):
-    """What correct_by_inversion needs from a process."""
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a process can do beyond the required contract, declared by its class.
 
-    def forward(self, t, x0, eps): ...
+    Attributes:
+      continuous_time: times are floats in [t_min, 1] (an SDE); otherwise integers 0..T.
+      tokens: the data are token ids [B, l] and the network outputs logits over the vocabulary.
+      gaussian_marginals: p(x_t | x_0) = N(alpha_bar_t x_0, beta_bar_t^2 I); the process has
+        `marginal(t) -> (alpha_bar_t, beta_bar_t)`, so scores and the SDE / ODE solvers apply.
+      ddpm_variance: the process has `ddpm_sigma_tilde(t, s)`, DDPM's fresh-noise fraction, so
+        the ddpm and ddim samplers apply.
+      learned_params: the process learns parameters jointly with the network: it has
+        `init_params() -> pytree`, `bind(pytree) -> process` and `diagnostics() -> dict`.
+      latent_state: the chain runs in a latent space; `decode(state)` maps the last state to data.
+      fitted_prior: the prior is fitted to the training data by `fit_prior(data) -> process`
+        before sampling (cold blur, heat dissipation).
+    """
+    continuous_time: bool = False
+    tokens: bool = False
+    gaussian_marginals: bool = False
+    ddpm_variance: bool = False
+    learned_params: bool = False
+    latent_state: bool = False
+    fitted_prior: bool = False
 
-    def invert(self, t, x0, xt): ...
+
+@runtime_checkable
+class Process(Protocol):
+    """The contract every process satisfies (checked for each registered process in the tests).
+
+    Times: integer t in {0..T} for discrete processes, float t in [t_min, 1] for continuous ones;
+    a method takes one time shared by every array it touches (vmap for per-example times).
+    """
+
+    capabilities: Capabilities
+
+    def sample_eps(self, key, shape, dtype=jnp.float32) -> Array:
+        """eps ~ q(eps), the corruption's randomness."""
+
+    def forward(self, t, x0: Array, eps: Array) -> Array:
+        """x_t = F_t(x_0, eps)."""
+
+    def prior(self, key, shape, dtype=jnp.float32) -> Array:
+        """A draw from the stand-in for p(x_T) where sampling starts."""
+
+    def correct(self, t, s, xt: Array, x0_hat: Array, *, sigma_tilde, key) -> Array:
+        """x_s ~ p(x_s | x_t, x_0 = x0_hat), s < t, with the fraction sigma_tilde of fresh noise."""
+
+    def x0_from_output(self, t, xt: Array, output: Array) -> Array:
+        """The x_0 estimate (or logits) implied by the network output at (x_t, t)."""
+
+    def network_time(self, t) -> Array:
+        """The time value the network is shown for time t."""
+
+    def sample_time(self, key, batch: int, *, time_sampling: str = "uniform"
+                    ) -> Tuple[Array, Optional[Array]]:
+        """Training times [batch] and an importance ratio [batch] for the loss (None: uniform)."""
+
+    def check_loss_options(self, weighting: str, time_sampling: str) -> None:
+        """Raises ValueError naming the valid choices when the process does not know them."""
+
+    def loss(self, t, x0: Array, eps: Array, output: Array, *, weighting: str = "none"):
+        """(weighted, unweighted) loss of one example at time t."""
 
 
-def correct_by_inversion(process: InvertibleProcess, t, s, xt: Array, x0_hat: Array, *,
+class DiscreteTime:
+    """The time handling of a discrete-time process (t in {1..T} for training): a mixin.
+
+    Needs `num_timesteps` and `check_weighting(weighting)` from the class.
+    """
+
+    def network_time(self, t):
+        """The network sees the integer step itself."""
+        return t
+
+    def sample_time(self, key, batch: int, *, time_sampling: str = "uniform"):
+        """t ~ U{1..T} per example (spec 01 A4); no importance ratio."""
+        del time_sampling  # only "uniform" (check_loss_options)
+        return jax.random.randint(key, (batch,), 1, self.num_timesteps + 1), None
+
+    def check_loss_options(self, weighting: str, time_sampling: str) -> None:
+        self.check_weighting(weighting)
+        if time_sampling != "uniform":
+            raise ValueError(f"unknown time sampling {time_sampling!r} for a discrete-time "
+                             f"process; valid: uniform")
+
+
+def correct_by_inversion(process, t, s, xt: Array, x0_hat: Array, *,
                          sigma_tilde, key) -> Array:
     """One UDM correction x_t -> x_s given the estimate x0_hat (spec 01, A8).
 
     Args:
       process: any process with `forward(t, x0, eps)` and `invert(t, x0, xt)`.
-      t, s: integer times, s < t (scalars shared by the whole batch).
+      t, s: times, s < t (scalars shared by the whole batch).
       xt: [B, ...] current state.
       x0_hat: [B, ...] estimate of x_0.
       sigma_tilde: scalar in [0, 1], the fraction of fresh noise.
@@ -53,33 +139,31 @@ def check_no_weighting(process_name: str, weighting: str) -> None:
                          f"valid names: none")
 
 
-# --- processes with learned parameters, processes whose state is not the data ----------------
+# --- the optional capabilities, used through these helpers ----------------------------------
 #
-# Most processes are fixed maps. The encoding model (spec 01 B5) learns its encoder jointly with
-# the predictor: such a process has `init_params() -> pytree` (its initial values) and
-# `bind(pytree) -> process`, and the trained pytree is {"network": ..., "process": ...}. Its
-# chain also runs in a latent space, so it has `decode(state) -> data` for the last state.
-# The loss, the sampler and the trainer call the three helpers below and nothing else.
-
-def has_params(process) -> bool:
-    """Whether the process learns parameters jointly with the network."""
-    return hasattr(process, "init_params")
-
+# The encoding model (spec 01 B5) learns its encoder jointly with the predictor: the trained
+# pytree is then {"network": ..., "process": ...}. Its chain also runs in a latent space, so its
+# last state is decoded. The loss, the sampler and the trainer call these helpers.
 
 def init_params(process, network_params):
     """The trained pytree at initialisation: the network's params, plus the process's own."""
-    if not has_params(process):
+    if not process.capabilities.learned_params:
         return network_params
     return {"network": network_params, "process": process.init_params()}
 
 
 def split_params(process, params):
     """(process with its trained parameters bound, network params) from a trained pytree."""
-    if not has_params(process):
+    if not process.capabilities.learned_params:
         return process, params
     return process.bind(params["process"]), params["network"]
 
 
+def diagnostics(process) -> dict:
+    """Per-batch diagnostics of a process's learned parameters (empty for fixed processes)."""
+    return process.diagnostics() if process.capabilities.learned_params else {}
+
+
 def decode(process, state):
     """The data a final state x_0 of the chain stands for (itself, except for latent chains)."""
-    return process.decode(state) if hasattr(process, "decode") else state
+    return process.decode(state) if process.capabilities.latent_state else state

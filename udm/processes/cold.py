@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from udm.processes.base import Capabilities, DiscreteTime
 
 Array = Any
 
@@ -59,7 +60,7 @@ def _check_nonnegative(name: str, value) -> float:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class LinearDegradationProcess:
+class LinearDegradationProcess(DiscreteTime):
     """x_t = F_t(x_0) + sigma eps, eps ~ N(0, I), F_t linear per channel, t in {0, ..., T}.
 
     Build it with `cold_blur`, `udm.processes.heat.heat_dissipation` or `from_operators`, which
@@ -75,6 +76,8 @@ class LinearDegradationProcess:
         "a little noise on the collapsed state" at generation).
       image_shape: (H, W, C), static.
     """
+
+    capabilities = Capabilities(fitted_prior=True)
 
     ops: Array
     sigma: Array

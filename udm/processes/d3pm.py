@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from udm.registry import Registry
+from udm.processes.base import Capabilities, DiscreteTime
 
 Array = Any
 
@@ -84,7 +85,7 @@ def linear_schedule(num_timesteps: int) -> np.ndarray:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class D3PMProcess:
+class D3PMProcess(DiscreteTime):
     """x_t ~ Cat(x_0 Q_bar_t) per token, Q_bar_t = alpha_bar_t I + (1 - alpha_bar_t) 1 m^T.
 
     Token sequences are int32 [..., l]; a method's time t is one scalar int in 0..T shared by all
@@ -98,6 +99,8 @@ class D3PMProcess:
       reverse: "udm" (the posterior mixture of A2) or "d3pm" (the paper's parameterisation);
         see the module docstring.
     """
+
+    capabilities = Capabilities(tokens=True)
 
     alpha_bar: Array
     vocab_size: int = dataclasses.field(metadata=dict(static=True))

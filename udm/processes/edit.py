@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from udm.processes import tokens
-from udm.processes.base import check_no_weighting
+from udm.processes.base import Capabilities, DiscreteTime, check_no_weighting
 
 Array = Any
 
@@ -48,7 +48,7 @@ class Substitution(NamedTuple):
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class EditProcess:
+class EditProcess(DiscreteTime):
     """x_t = x_0 with its t lowest-priority positions substituted (v1: any token; v2: another).
 
     Attributes:
@@ -58,6 +58,8 @@ class EditProcess:
       target_entropy: None samples tokens from q itself; a value H* (nats) samples from the
         entropy-normalised q (udm.entropy.sample_with_entropy).
     """
+
+    capabilities = Capabilities(tokens=True)
 
     seq_len: int = dataclasses.field(metadata=dict(static=True))
     vocab_size: int = dataclasses.field(metadata=dict(static=True))

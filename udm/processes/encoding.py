@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from udm.processes import tokens
-from udm.processes.base import check_no_weighting, correct_by_inversion
+from udm.processes.base import (Capabilities, DiscreteTime, check_no_weighting,
+                                correct_by_inversion)
 from udm.processes.gaussian import GaussianProcess
 
 Array = Any
@@ -39,7 +40,7 @@ ESTIMATES = ("sample", "argmax", "mean")
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class EncodingProcess:
+class EncodingProcess(DiscreteTime):
     """x_t = alpha_bar_t F(x_0) + beta_bar_t eps in a D-dimensional latent per token.
 
     Attributes:
@@ -51,6 +52,9 @@ class EncodingProcess:
       estimate: how x0_hat is taken from q(x_0 | x_t) in the correct step: "sample" (the
         spec's estimate step), "argmax", or "mean" (the posterior mean latent E_q[F(x_0)]).
     """
+
+    capabilities = Capabilities(tokens=True, ddpm_variance=True, learned_params=True,
+                                latent_state=True)
 
     gaussian: GaussianProcess
     embedding: Array

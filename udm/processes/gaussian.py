@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from udm import schedules
-from udm.processes.base import correct_by_inversion
+from udm.processes.base import Capabilities, DiscreteTime, correct_by_inversion
 from udm.registry import Registry
 
 Array = Any
@@ -41,7 +41,7 @@ def _min_snr_5(snr, prediction):
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class GaussianProcess:
+class GaussianProcess(DiscreteTime):
     """x_t = alpha_bar_t x_0 + beta_bar_t eps, eps ~ N(0, I), t in {0, ..., T}.
 
     Attributes:
@@ -49,6 +49,8 @@ class GaussianProcess:
       beta_bar: [T + 1] noise standard deviations (beta_bar_0 = 0).
       prediction: what the network outputs: "eps", "x0" or "v" (v = alpha_bar eps - beta_bar x_0).
     """
+
+    capabilities = Capabilities(gaussian_marginals=True, ddpm_variance=True)
 
     alpha_bar: Array
     beta_bar: Array
@@ -58,6 +60,8 @@ class GaussianProcess:
     def from_schedule(cls, schedule: str = "blog", num_timesteps: int = 1000, *,
                       prediction: str = "eps", dtype=jnp.float32) -> "GaussianProcess":
         """Builds the process from a named schedule (see `udm.schedules.SCHEDULES`)."""
+        if num_timesteps < 1:
+            raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
         PREDICTION_TARGETS.get(prediction)
         alpha_bar = schedules.get_alpha_bar(schedule, num_timesteps)
         beta_bar = np.sqrt(1.0 - alpha_bar ** 2)
@@ -80,6 +84,10 @@ class GaussianProcess:
     def invert(self, t, x0: Array, xt: Array) -> Array:
         """eps = F_t^{-1}(x_0, x_t) = (x_t - alpha_bar_t x_0) / beta_bar_t, for t >= 1."""
         return (xt - self.alpha_bar[t] * x0) / self.beta_bar[t]
+
+    def marginal(self, t):
+        """(alpha_bar_t, beta_bar_t): p(x_t | x_0) = N(alpha_bar_t x_0, beta_bar_t^2 I)."""
+        return self.alpha_bar[t], self.beta_bar[t]
 
     def prior(self, key, shape, dtype=jnp.float32) -> Array:
         """x_T ~ N(0, I), the usual stand-in for p(x_T) = N(alpha_bar_T x_0, beta_bar_T^2 I)."""

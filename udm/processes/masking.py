@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 
 from udm.processes import tokens
-from udm.processes.base import check_no_weighting
+from udm.processes.base import Capabilities, DiscreteTime, check_no_weighting
 
 Array = Any
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class MaskingProcess:
+class MaskingProcess(DiscreteTime):
     """x_t = x_0 with the t lowest-priority positions set to [MASK] = vocab_size.
 
     Attributes:
@@ -36,6 +36,8 @@ class MaskingProcess:
       target_entropy: None samples tokens from q(x_0 | x_t) itself; a value H* (nats) samples from
         the entropy-normalised q with entropy H* (udm.entropy, the post's top-k/top-p substitute).
     """
+
+    capabilities = Capabilities(tokens=True)
 
     seq_len: int = dataclasses.field(metadata=dict(static=True))
     vocab_size: int = dataclasses.field(metadata=dict(static=True))

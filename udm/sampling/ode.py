@@ -42,7 +42,7 @@ def make_fixed_step_solver(sde, score_fn, *, num_steps: int, method: str = "eule
     """Builds `solve(params, x) -> ODESolution`: K fixed steps of the ODE from t0 to t1.
 
     Args:
-      sde: a `udm.sde.SDE`.
+      sde: a continuous-time process (`udm.processes.sde`).
       score_fn: `(params, x [B, ...], t scalar) -> score [B, ...]`.
       num_steps: K >= 1 steps on a uniform grid.
       method: "euler" (1 evaluation per step, order 1), "heun" (2 per step, order 2) or "ddim"

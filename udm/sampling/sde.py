@@ -1,4 +1,4 @@
-"""Reverse-time samplers of a continuous-time diffusion, one `jax.lax.scan` each (spec 03).
+"""Reverse-time SDE and probability-flow ODE samplers of a continuous-time process (spec 03).
 
 * "em": Euler-Maruyama on the one-parameter family of reverse SDEs that share the marginals
   (S9), dx = [f_t x - 1/2 (g_t^2 + sigma_t^2) score] dt + sigma_t dw with sigma_t = lambda g_t:
@@ -6,29 +6,23 @@
 * "pc": predictor-corrector (Song et al. 2021): the "reverse diffusion" predictor, which
   discretises the reverse SDE with the exact forward kernel of each step, after a Langevin
   corrector whose step is set by a signal-to-noise ratio.
-* "ode_euler", "ode_heun", "ode_ddim", "ode_adaptive": the probability-flow ODE (udm.ode).
+* "ode_euler", "ode_heun", "ode_ddim", "ode_adaptive": the probability-flow ODE (udm.sampling.ode).
 
-Every sampler takes any score / eps / x0 predictor (wrap it with `udm.sde.as_score_fn`), runs
-from x_1 at t = 1 to t_end = sde.t_min, and by default returns the Tweedie estimate
-E[x_0 | x_{t_end}] = (x + beta_bar^2 score) / alpha_bar (one more evaluation). Built samplers have
-the signature `sample(params, x_1, *, key) -> SampleOutput(x0, nfe, success)`.
+The registered samplers take the x_0 predictor every sampler takes and turn it into the score
+(alpha_bar x0_hat - x) / beta_bar^2; the builders below take a score function directly (tests
+use exact scores). They run from x_1 at t = 1 to t_end = t_min and by default return the Tweedie
+estimate E[x_0 | x_{t_end}] = (x + beta_bar^2 score) / alpha_bar (one more evaluation), as
+`SampleOutput(x0, nfe, success)`.
 """
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 
-from udm import ode
-from udm.registry import Registry
+from udm.sampling import ode
+from udm.sampling.base import SampleOutput, SamplerOptions, register, score_fn_of
 
 Array = Any
-
-
-class SampleOutput(NamedTuple):
-    """What a continuous-time sampler returns."""
-    x0: Array       # [B, ...] samples
-    nfe: Array      # int32: score evaluations used (per batch; every example shares them)
-    success: Array  # bool: False only when an adaptive solver failed (x0 is then NaN)
 
 
 def _per_example_norm(x):
@@ -74,7 +68,7 @@ def make_sde_sampler(sde, score_fn: Callable, *, num_steps: int, predictor: str 
     """Builds `sample(params, x_1, *, key) -> SampleOutput` for a reverse-time SDE.
 
     Args:
-      sde: a `udm.sde.SDE`.
+      sde: a continuous-time process (`udm.processes.sde`).
       score_fn: `(params, x [B, ...], t scalar) -> score [B, ...]`.
       num_steps: K predictor steps on a uniform grid from 1 to t_end.
       predictor: "em" (the (S9) family, sigma_t = noise_scale g_t) or "reverse_diffusion".
@@ -126,7 +120,7 @@ def make_ode_sampler(sde, score_fn: Callable, *, num_steps: int = 0, method: str
     """Builds `sample(params, x_1, *, key) -> SampleOutput` from the probability-flow ODE.
 
     method: "euler", "heun", "ddim" (K fixed steps) or "adaptive" (diffrax; num_steps unused;
-    `adaptive_options` go to `udm.ode.make_adaptive_solver`: solver, rtol, atol, max_steps).
+    `adaptive_options` go to `udm.sampling.ode.make_adaptive_solver`: solver, rtol, atol, max_steps).
     The key is unused (the ODE is deterministic).
     """
     t_end = sde.t_min if t_end is None else t_end
@@ -147,55 +141,58 @@ def make_ode_sampler(sde, score_fn: Callable, *, num_steps: int = 0, method: str
     return jax.jit(sample) if jit else sample
 
 
-# --- named samplers, as configs and tables refer to them --------------------------------------
+# --- the registered samplers ------------------------------------------------------------------
 
-class SamplerOptions(NamedTuple):
-    """Hyperparameters of the named continuous-time samplers (config.sampler fields)."""
-    noise_scale: float = 1.0   # "em": sigma_t = noise_scale g_t
-    snr: float = 0.16          # "pc": Langevin signal-to-noise ratio (Score SDE default)
-    corrector_steps: int = 1   # "pc"
-    solver: str = "tsit5"      # "ode_adaptive"
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    max_steps: int = 4096
-    denoise: bool = True
+def _continuous_gaussian(c):
+    return c.continuous_time and c.gaussian_marginals
 
 
-CONTINUOUS_SAMPLERS = Registry("continuous-time sampler")
+_REQUIREMENT = "a continuous-time process with Gaussian marginals (an SDE)"
 
 
-@CONTINUOUS_SAMPLERS.register("em")
-def _em(sde, score_fn, num_steps, o: SamplerOptions):
-    return make_sde_sampler(sde, score_fn, num_steps=num_steps, predictor="em",
-                            noise_scale=o.noise_scale, denoise=o.denoise)
+def _clipped(sample, clip_x0):
+    """The samples clipped to [-clip_x0, clip_x0] (the flow itself is integrated unclipped)."""
+    if clip_x0 is None:
+        return sample
+
+    def clipped(params, x, *, key):
+        out = sample(params, x, key=key)
+        return out._replace(x0=jnp.clip(out.x0, -clip_x0, clip_x0))
+    return clipped
 
 
-@CONTINUOUS_SAMPLERS.register("pc")
-def _pc(sde, score_fn, num_steps, o: SamplerOptions):
-    return make_sde_sampler(sde, score_fn, num_steps=num_steps, predictor="reverse_diffusion",
-                            corrector_steps=o.corrector_steps, snr=o.snr, denoise=o.denoise)
+@register("em", supports=_continuous_gaussian, requirement=_REQUIREMENT)
+def _em(process, predictor, num_steps, o: SamplerOptions):
+    return _clipped(make_sde_sampler(process, score_fn_of(process, predictor),
+                                     num_steps=num_steps, predictor="em",
+                                     noise_scale=o.noise_scale, denoise=o.denoise, jit=False),
+                    o.clip_x0)
+
+
+@register("pc", supports=_continuous_gaussian, requirement=_REQUIREMENT)
+def _pc(process, predictor, num_steps, o: SamplerOptions):
+    return _clipped(make_sde_sampler(process, score_fn_of(process, predictor),
+                                     num_steps=num_steps, predictor="reverse_diffusion",
+                                     corrector_steps=o.corrector_steps, snr=o.snr,
+                                     denoise=o.denoise, jit=False), o.clip_x0)
 
 
 def _fixed_ode(method):
-    def build(sde, score_fn, num_steps, o: SamplerOptions):
-        return make_ode_sampler(sde, score_fn, num_steps=num_steps, method=method,
-                                denoise=o.denoise)
+    def build(process, predictor, num_steps, o: SamplerOptions):
+        return _clipped(make_ode_sampler(process, score_fn_of(process, predictor),
+                                         num_steps=num_steps, method=method, denoise=o.denoise,
+                                         jit=False), o.clip_x0)
     return build
 
 
-CONTINUOUS_SAMPLERS.register("ode_euler")(_fixed_ode("euler"))
-CONTINUOUS_SAMPLERS.register("ode_heun")(_fixed_ode("heun"))
-CONTINUOUS_SAMPLERS.register("ode_ddim")(_fixed_ode("ddim"))
+for _method in ("euler", "heun", "ddim"):
+    register(f"ode_{_method}", supports=_continuous_gaussian,
+             requirement=_REQUIREMENT)(_fixed_ode(_method))
 
 
-@CONTINUOUS_SAMPLERS.register("ode_adaptive")
-def _ode_adaptive(sde, score_fn, num_steps, o: SamplerOptions):
+@register("ode_adaptive", supports=_continuous_gaussian, requirement=_REQUIREMENT, adaptive=True)
+def _ode_adaptive(process, predictor, num_steps, o: SamplerOptions):
     del num_steps  # the controller chooses the steps
-    return make_ode_sampler(sde, score_fn, method="adaptive", denoise=o.denoise,
-                            solver=o.solver, rtol=o.rtol, atol=o.atol, max_steps=o.max_steps)
-
-
-def make_continuous_sampler(sde, score_fn: Callable, name: str, *, num_steps: int,
-                            options: SamplerOptions = SamplerOptions()):
-    """A named sampler ("em", "pc", "ode_euler", "ode_heun", "ode_ddim", "ode_adaptive")."""
-    return CONTINUOUS_SAMPLERS.get(name)(sde, score_fn, num_steps, options)
+    return _clipped(make_ode_sampler(process, score_fn_of(process, predictor), method="adaptive",
+                                     denoise=o.denoise, solver=o.solver, rtol=o.rtol,
+                                     atol=o.atol, max_steps=o.max_steps, jit=False), o.clip_x0)

@@ -1,5 +1,10 @@
 """Continuous-time Gaussian diffusions as linear SDEs dx = f_t x dt + g_t dw, t in [0, 1] (spec 03).
 
+They are processes like the discrete ones (`udm.processes.base.Process`): forward corruption,
+inverse, the UDM correct step, DDPM's variance, the x_0 estimate of the network output and the
+denoising score matching loss (S5), with float times; the samplers of `udm.sampling` take them
+as they take every process.
+
 Every SDE here is described by its marginals p(x_t | x_0) = N(alpha_bar(t) x_0, beta_bar(t)^2 I)
 (blog notation: alpha_bar is the signal coefficient, beta_bar the noise std). The drift and the
 diffusion follow from them by (S6),
@@ -20,12 +25,14 @@ The network's output is converted to a score by `score_from_output` (eps: -eps /
 x0: -(x - alpha_bar x0) / beta_bar^2; score: as is), so every sampler takes any predictor.
 """
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
+from udm.processes.base import Capabilities, correct_by_inversion
 from udm.registry import Registry
 
 Array = Any
@@ -33,6 +40,12 @@ Array = Any
 PredictorFn = Callable[[Any, Array, Array], Array]
 
 OUTPUT_KINDS = ("eps", "x0", "score")
+# Denoising score matching (S5): "none" is Song et al.'s lambda(t) = beta_bar^2, i.e. the plain
+# eps MSE; "likelihood" is lambda(t) = g_t^2, whose integral bounds the NLL (arXiv 2101.09258).
+DSM_WEIGHTINGS = ("none", "likelihood")
+# Training times: t ~ U(t_min, 1), or "importance": density proportional to g_t^2 / beta_bar_t^2
+# (only with the likelihood weighting: the same expected loss with lower variance).
+TIME_SAMPLINGS = ("uniform", "importance")
 
 
 class SDE:
@@ -47,6 +60,12 @@ class SDE:
 
     t_min: float
     time_input_scale: float
+
+    capabilities = Capabilities(continuous_time=True, gaussian_marginals=True, ddpm_variance=True)
+
+    def __post_init__(self):
+        if not 0.0 < self.t_min < 1.0:
+            raise ValueError(f"t_min must be in (0, 1), got {self.t_min}")
 
     # --- the two functions that define the SDE ------------------------------------------------
 
@@ -90,6 +109,73 @@ class SDE:
         """x_t = alpha_bar(t) x_0 + beta_bar(t) eps (one example, or a batch at one time)."""
         alpha_bar, beta_bar = self.marginal(t)
         return alpha_bar * x0 + beta_bar * eps
+
+    def sample_eps(self, key, shape, dtype=jnp.float32) -> Array:
+        """eps ~ N(0, I)."""
+        return jax.random.normal(key, shape, dtype)
+
+    def invert(self, t: Array, x0: Array, xt: Array) -> Array:
+        """eps = (x_t - alpha_bar(t) x_0) / beta_bar(t), for t > 0."""
+        alpha_bar, beta_bar = self.marginal(t)
+        return (xt - alpha_bar * x0) / beta_bar
+
+    def correct(self, t, s, xt: Array, x0_hat: Array, *, sigma_tilde, key) -> Array:
+        """x_s ~ p(x_s | x_t, x_0 = x0_hat) by the UDM correct step (spec 01 A8), float s < t."""
+        return correct_by_inversion(self, t, s, xt, x0_hat, sigma_tilde=sigma_tilde, key=key)
+
+    def ddpm_sigma_tilde(self, t, s) -> Array:
+        """DDPM's fresh-noise fraction on t -> s: the posterior std of q(x_s | x_t, x_0) over beta_bar_s.
+
+        With p(x_t | x_s) = N(a x_s, v I) (`transition`), Var[x_s | x_t, x_0] = v beta_bar_s^2 /
+        beta_bar_t^2, so sigma_tilde = sqrt(v) / beta_bar_t (for a VP SDE, v = 1 - a^2 as in the
+        discrete chain; for a VE SDE, v = beta_bar_t^2 - beta_bar_s^2).
+        """
+        _, v = self.transition(t, s)
+        return jnp.sqrt(jnp.maximum(v, 0.0)) / self.beta_bar(t)
+
+    def x0_from_output(self, t, xt: Array, output: Array) -> Array:
+        """x_0 = (x_t - beta_bar eps) / alpha_bar: the networks of the SDEs predict eps."""
+        alpha_bar, beta_bar = self.marginal(t)
+        return (xt - beta_bar * output) / alpha_bar
+
+    # --- training: denoising score matching (S5) in eps space -------------------------------
+
+    def network_time(self, t: Array) -> Array:
+        """The network sees time_input_scale * t (999 t: the range of discrete step numbers)."""
+        return self.time_input_scale * t
+
+    def check_weighting(self, weighting: str) -> None:
+        if weighting not in DSM_WEIGHTINGS:
+            raise ValueError(f"unknown DSM weighting {weighting!r}; "
+                             f"valid: {', '.join(DSM_WEIGHTINGS)}")
+
+    def check_loss_options(self, weighting: str, time_sampling: str) -> None:
+        self.check_weighting(weighting)
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"unknown time sampling {time_sampling!r}; "
+                             f"valid: {', '.join(TIME_SAMPLINGS)}")
+        if time_sampling == "importance" and weighting != "likelihood":
+            raise ValueError("time_sampling='importance' needs weighting='likelihood'")
+
+    def sample_time(self, key, batch: int, *, time_sampling: str = "uniform"):
+        """Training times [batch] and the importance ratio of the loss (None for uniform).
+
+        "importance" draws t with density w(t) / Z, w = g_t^2 / beta_bar_t^2; the ratio Z / w(t)
+        times the likelihood-weighted loss w(t) mse is then Z mse, an unbiased estimate of
+        int w(t) E[mse | t] dt with lower variance.
+        """
+        if time_sampling == "importance":
+            cdf, grid = _importance_table(self)
+            u = jax.random.uniform(key, (batch,), jnp.float32) * cdf[-1]
+            t = jnp.interp(u, cdf, grid)
+            return t, cdf[-1] / likelihood_weight_eps(self, t)
+        return jax.random.uniform(key, (batch,), jnp.float32, self.t_min, 1.0), None
+
+    def loss(self, t, x0: Array, eps: Array, output: Array, *, weighting: str = "none"):
+        """(w(t) mse, mse) of one example, mse = mean((eps_theta - eps)^2); w = 1 or g^2 / beta_bar^2."""
+        mse = jnp.mean((output - eps) ** 2)
+        weight = likelihood_weight_eps(self, t) if weighting == "likelihood" else 1.0
+        return weight * mse, mse
 
     def transition(self, t: Array, s: Array):
         """(a, v): p(x_t | x_s) = N(a x_s, v I) for s < t, with a = alpha_bar_t / alpha_bar_s and
@@ -157,6 +243,27 @@ def network_score_fn(sde: SDE, apply_fn: Callable, kind: str = "eps") -> Predict
         return apply_fn(params, x, t_input)
 
     return as_score_fn(sde, fn, kind)
+
+
+def likelihood_weight_eps(sde: SDE, t):
+    """g_t^2 / beta_bar_t^2: the likelihood weighting lambda(t) = g_t^2 written in eps space."""
+    return sde.g2(t) / sde.beta_bar(t) ** 2
+
+
+@functools.lru_cache(maxsize=16)
+def _importance_table(sde: SDE, num_points: int = 4096):
+    """(cdf, grid) of the density proportional to g_t^2 / beta_bar_t^2 on [t_min, 1].
+
+    Tabulated on a grid that is geometric near t_min (where the weight of a VP SDE grows like
+    1/t) and uniform elsewhere, integrated by the trapezoid rule; computed once per SDE.
+    """
+    with jax.ensure_compile_time_eval():
+        grid = jnp.unique(jnp.concatenate([
+            jnp.geomspace(sde.t_min, 1.0, num_points // 2),
+            jnp.linspace(sde.t_min, 1.0, num_points // 2)]))
+        w = likelihood_weight_eps(sde, grid)
+        cdf = jnp.concatenate([jnp.zeros(1), jnp.cumsum(0.5 * (w[1:] + w[:-1]) * jnp.diff(grid))])
+    return cdf, grid
 
 
 # --- the SDEs ----------------------------------------------------------------------------------
@@ -258,15 +365,3 @@ def get_sde(name: str, **kwargs) -> SDE:
         raise ValueError(f"unknown hyperparameters {unknown} for the {name!r} SDE; "
                          f"valid: {', '.join(sorted(fields))}")
     return cls(**kwargs)
-
-
-def time_grid(sde: SDE, num_steps: int, *, t_end: float = None) -> Array:
-    """K + 1 decreasing times from 1 to t_end (default sde.t_min), uniformly spaced.
-
-    Returns:
-      float32 [K + 1]; step i goes from grid[i] to grid[i + 1].
-    """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    t_end = sde.t_min if t_end is None else t_end
-    return jnp.linspace(1.0, t_end, num_steps + 1, dtype=jnp.float32)
