@@ -20,8 +20,9 @@ from udm import parallel
 from udm.data import batch_at_step, load_dataset
 from udm.losses import make_loss_fn
 from udm.sampling import make_sampler, network_predictor
-from udm.train import (init_state, make_apply_fns, make_model, make_optimizer, make_process,
-                       make_train_step)
+from udm.pipeline.spec import from_config, make_process
+from udm.pipeline.train import (init_state, make_apply_fns, make_model, make_optimizer,
+                                make_train_step)
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/ddpm_digits.py", "Model config.")
 _BATCH = flags.DEFINE_integer("batch", 64, "Sampling batch size.")
@@ -31,13 +32,13 @@ _TRAIN_STEPS = flags.DEFINE_integer("train_steps", 30, "Timed training steps.")
 
 def main(argv):
     del argv
-    config = _CONFIG.value
+    spec = from_config(_CONFIG.value)
     batch = _BATCH.value
-    process = make_process(config)
-    model = make_model(config)
-    dataset = load_dataset(config.data.name, seed=config.seed, path=config.data.path or None)
+    process = make_process(spec)
+    model = make_model(spec)
+    dataset = load_dataset(spec.data.name, seed=spec.seed, path=spec.data.path or None)
     shape = dataset.train_images.shape[1:]
-    optimizer = make_optimizer(config.train)
+    optimizer = make_optimizer(spec.train)
     state = init_state(model, optimizer, dataset.train_images, jax.random.PRNGKey(0))
     # Perturb the zero-initialised output layers so the network does real work.
     params = jax.tree.map(lambda p: p + 0.01 * jnp.ones_like(p), state.params)
@@ -72,9 +73,9 @@ def main(argv):
 
     # 3. Training throughput, data parallel over all devices.
     mesh = parallel.data_mesh()
-    bs = config.train.batch_size
-    loss_fn = make_loss_fn(process, train_apply, weighting=config.train.loss_weighting)
-    step = jax.jit(make_train_step(loss_fn, optimizer, ema_decay=config.train.ema_decay,
+    bs = spec.train.batch_size
+    loss_fn = make_loss_fn(process, train_apply, weighting=spec.train.loss_weighting)
+    step = jax.jit(make_train_step(loss_fn, optimizer, ema_decay=spec.train.ema_decay,
                                    train_key=jax.random.PRNGKey(3)), donate_argnums=0)
     state = jax.device_put(state, parallel.replicated(mesh))
 

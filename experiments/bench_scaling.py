@@ -30,20 +30,23 @@ def _time_steps(config, steps: int) -> dict:
     import jax
     import numpy as np
 
-    from udm import distributed, losses, parallel, train
+    from udm import distributed, losses, parallel
+    from udm.pipeline import spec as spec_lib
+    from udm.pipeline import train
     from udm.data import batch_at_step
 
     distributed.initialize_from_flags_or_env()
-    exp = train.build(config)
-    data = train.training_data(exp.dataset)
-    mesh, bs = exp.mesh, config.train.batch_size
+    spec = spec_lib.from_config(config)
+    exp = train.build(spec)
+    data = exp.dataset.train_data
+    mesh, bs = exp.mesh, spec.train.batch_size
     replicated = parallel.replicated(mesh)
     state = jax.jit(lambda k: train.init_state(exp.model, exp.optimizer, data, k,
                                                 process=exp.process),
                     out_shardings=replicated)(exp.init_key)
     train_apply, _ = train.make_apply_fns(exp.model)
-    loss_fn = losses.make_loss_fn(exp.process, train_apply, weighting=config.train.loss_weighting)
-    step = jax.jit(train.make_train_step(loss_fn, exp.optimizer, ema_decay=config.train.ema_decay,
+    loss_fn = losses.make_loss_fn(exp.process, train_apply, weighting=spec.train.loss_weighting)
+    step = jax.jit(train.make_train_step(loss_fn, exp.optimizer, ema_decay=spec.train.ema_decay,
                                          train_key=exp.train_key),
                    in_shardings=(replicated, parallel.batch_sharded(mesh)),
                    out_shardings=(replicated, replicated), donate_argnums=0)

@@ -17,7 +17,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from udm import distributed
-from udm.train import train_and_evaluate
+from udm.pipeline.spec import from_config
+from udm.pipeline.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -37,7 +38,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     distributed.initialize_from_flags_or_env(_COORDINATOR.value, _NUM_PROCESSES.value,
                                              _PROCESS_ID.value)
-    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train_and_evaluate(from_config(_CONFIG.value), _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ For each generator, sets of n initial noises (same n for every row):
 * antihub     z with N_k = 0 in the same z-space pools (a contrast).
 
 The samplers are deterministic, so the noise keys (the same for every row) do not matter.
-Scores per row (udm.evaluate.score): FD-digits against the held-out digits, classifier
+Scores per row (udm.pipeline.evaluate.score): FD-digits against the held-out digits, classifier
 confidence (mean max probability) and predicted-class entropy, class-histogram entropy and
 largest class fraction (diversity), mean distance to the nearest training image and the
 memorised fraction, and the filter's pass rate. The reference row: FD of n real training
@@ -38,7 +38,7 @@ Second table: hubness of real embeddings, the classifier's penultimate features 
   python -m experiments.reproduce_hubness_sampling --workdir=workdir
   python -m experiments.reproduce_hubness_sampling --smoke --workdir=/tmp/hub   # seconds
 
-Models are trained by `udm.train.train` if their checkpoints are missing (restored otherwise).
+Models are trained by `udm.pipeline.train.train` if their checkpoints are missing (restored otherwise).
 Each finished generator's rows are kept in <workdir>/hubness_sampling/<generator>.json and the
 paper pool's features in <generator>_paper_pool.npz, so an interrupted run resumes. Writes
 experiments/results/hubness_sampling.{md,json,png} (or into --workdir with --smoke).
@@ -59,8 +59,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from configs import ddpm_digits, sde_digits  # noqa: E402
 from experiments.common import write_json  # noqa: E402
-from udm import evaluate as eval_lib  # noqa: E402
-from udm import hubness, metrics, parallel, train  # noqa: E402
+from udm import hubness, metrics, parallel  # noqa: E402
+from udm.pipeline import evaluate as eval_lib  # noqa: E402
+from udm.pipeline import spec as spec_lib  # noqa: E402
+from udm.pipeline import train  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Parent of the model workdirs "
                                "(ddpm_digits/, sde_table/vp/) and of hubness_sampling/.")
@@ -104,10 +106,11 @@ def _settings() -> dict:
 
 # --- the two generators ----------------------------------------------------------------------
 
-def _generator_config(name: str):
+def _generator_spec(name: str):
     variant = "smoke" if _smoke() else ""
     if name == "ddim":
         config = ddpm_digits.get_config(variant)
+        config.sampler.eta = 0.0
         workdir = os.path.join(_WORKDIR.value, "ddpm_digits")
     elif name == "ode":
         # What reproduce_sde_table.py builds for "vp", so train.train restores its checkpoint.
@@ -117,7 +120,7 @@ def _generator_config(name: str):
     else:
         raise ValueError(f"unknown generator {name!r}; valid: ddim, ode")
     config.eval.enabled = False
-    return config, workdir
+    return spec_lib.from_config(config), workdir
 
 
 class Generator:
@@ -125,18 +128,17 @@ class Generator:
 
     def __init__(self, name: str, settings: dict):
         self.name = name
-        config, workdir = self.config, self.workdir = _generator_config(name)
-        self.exp = exp = train.build(config)
-        self.params = train.train(config, workdir, experiment=exp).ema_params
+        spec, workdir = self.spec, self.workdir = _generator_spec(name)
+        self.exp = exp = train.build(spec)
+        self.params = train.train(spec, workdir, experiment=exp).ema_params
         _, eval_apply = train.make_apply_fns(exp.model)
         if name == "ddim":
-            config.sampler.eta = 0.0
             sampler, steps = "ddim", settings["ddim_steps"]
             self.label = f"DDIM (eta=0, K={steps}), ddpm_digits"
         else:
             sampler, steps = "ode_heun", settings["heun_steps"]
             self.label = f"probability-flow ODE (Heun, {steps} steps), VP SDE"
-        self.sample_fn = eval_lib.make_eval_sampler(config, exp.process, eval_apply, sampler,
+        self.sample_fn = eval_lib.make_eval_sampler(spec, exp.process, eval_apply, sampler,
                                                     steps)
         # x_T = prior_std z: the discrete process's prior is N(0, I), the VP SDE's N(0, s^2 I).
         self.scale = float(getattr(exp.process, "prior_std", 1.0))
@@ -297,14 +299,14 @@ def run_generator(name: str, settings: dict, noise_sets: list, classifier, refer
         rows.append(summarise(method, per_method[method], extra))
     result = dict(generator=name, label=gen.label, num_samples=settings["n"],
                   seconds=time.perf_counter() - start,
-                  train_steps=gen.config.train.num_steps, rows=rows,
+                  train_steps=gen.spec.train.num_steps, rows=rows,
                   per_seed={m: per_method[m] for m in METHODS}, grids=grids)
     write_json(path, result)
     return result
 
 
 def real_rows(dataset, classifier, reference, settings: dict) -> dict:
-    """The reference row, what a perfect model would score (as in udm.evaluate.evaluate).
+    """The reference row, what a perfect model would score (as in udm.pipeline.evaluate.evaluate).
 
     FD of n real training digits against the held-out set, one draw per seed; the other columns
     describe the held-out digits themselves (training digits are at distance 0 from the
@@ -488,11 +490,11 @@ def main(argv):
     cache_dir = os.path.join(_WORKDIR.value, "hubness_sampling")
     os.makedirs(cache_dir, exist_ok=True)
     # One classifier for every score: the FD-digits classifier of ddpm_digits.
-    config, ddpm_workdir = _generator_config("ddim")
-    dataset = train.build(config).dataset
+    spec, ddpm_workdir = _generator_spec("ddim")
+    dataset = train.build(spec).dataset
     classifier = metrics.load_or_train_classifier(
-        os.path.join(ddpm_workdir, "classifier"), dataset, seed=config.seed,
-        num_steps=config.eval.classifier_steps)
+        os.path.join(ddpm_workdir, "classifier"), dataset, seed=spec.seed,
+        num_steps=spec.eval.classifier_steps)
     reference = classifier.features(dataset.test_images)
     settings["n"] = min(settings["n"], len(dataset.train_images))
 

@@ -1,6 +1,6 @@
 """The Score SDE paper's table in miniature: VP / sub-VP / VE on the digits, every sampler.
 
-For each SDE: train the eps-network (configs/sde_digits.py) through `udm.train.train`, then
+For each SDE: train the eps-network (configs/sde_digits.py) through `udm.pipeline.train.train`, then
 * sample with EM (reverse SDE), PC (reverse diffusion + Langevin), probability-flow ODE with
   fixed-step Heun and with adaptive Tsit5, and score the samples by FD-digits (udm.metrics);
 * bits/dim of the held-out digits: exact likelihood through the probability-flow ODE (uniform
@@ -25,8 +25,10 @@ from tqdm.auto import tqdm
 
 from configs import sde_digits
 from experiments.common import batched, write_json
-from udm import evaluate as eval_lib
-from udm import likelihood, metrics, train
+from udm import likelihood, metrics
+from udm.pipeline import evaluate as eval_lib
+from udm.pipeline import spec as spec_lib
+from udm.pipeline import train
 from udm.processes.sde import network_score_fn
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/sde_table", "Checkpoints and per-model rows.")
@@ -45,13 +47,14 @@ _OUT = flags.DEFINE_string("out", "experiments/results/sde_table", "Output prefi
 NUM_LEVELS = 17  # scikit-learn digits: grey levels 0..16
 
 
-def _config(kind: str):
+def _spec(kind: str) -> spec_lib.Spec:
     config = sde_digits.get_config(kind + (",smoke" if _SMOKE.value else ""))
     config.eval.enabled = False
+    config.eval.batch_size = min(config.eval.batch_size, 304 if not _SMOKE.value else 32)
     if not _SMOKE.value:
         config.train.num_steps = _TRAIN_STEPS.value
     config.sampler.rtol = config.sampler.atol = _RTOL.value
-    return config
+    return spec_lib.from_config(config)
 
 
 def _sampler_runs():
@@ -61,13 +64,13 @@ def _sampler_runs():
             ("ode_adaptive", None)]
 
 
-def bits_per_dim(config, exp, params, images: np.ndarray, *, key) -> dict:
+def bits_per_dim(spec, exp, params, images: np.ndarray, *, key) -> dict:
     """ODE NLL and VLB of `images` (in bits/dim), with the probability-flow NFE per batch."""
     sde = exp.process
     _, eval_apply = train.make_apply_fns(exp.model)
     score_fn = network_score_fn(sde, eval_apply, "eps")
     dim = int(np.prod(images.shape[1:]))
-    batch = config.eval.batch_size
+    batch = spec.eval.batch_size
     # Exact likelihood of uniformly dequantised data along the probability-flow ODE.
     nll_fn = likelihood.make_ode_log_likelihood(
         sde, score_fn, divergence="hutchinson", probe="rademacher", num_probes=1,
@@ -108,36 +111,35 @@ def run_model(kind: str, classifier, reference) -> dict:
     if os.path.exists(rows_path):
         print(f"{kind}: rows already computed, read from {rows_path}")
         return json.load(open(rows_path))
-    config = _config(kind)
-    exp = train.build(config)
+    spec = _spec(kind)
+    exp = train.build(spec)
     start = time.perf_counter()
-    state = train.train(config, workdir, experiment=exp)
+    state = train.train(spec, workdir, experiment=exp)
     train_seconds = time.perf_counter() - start
     params = state.ema_params
     _, eval_apply = train.make_apply_fns(exp.model)
     dataset = exp.dataset
     n = min(_NUM_SAMPLES.value if not _SMOKE.value else 32, len(dataset.test_images))
-    config.eval.batch_size = min(config.eval.batch_size, 304 if not _SMOKE.value else 32)
     prior_key, noise_key, nll_key = jax.random.split(exp.sample_key, 3)
-    priors = eval_lib.draw_priors(exp.process, num_samples=n, batch_size=config.eval.batch_size,
+    priors = eval_lib.draw_priors(exp.process, num_samples=n, batch_size=spec.eval.batch_size,
                                   image_shape=dataset.image_shape, key=prior_key, mesh=exp.mesh)
     rows = []
     for name, k in tqdm(_sampler_runs(), desc=f"{kind}: sample", unit="sampler"):
-        sample_fn = eval_lib.make_eval_sampler(config, exp.process, eval_apply, name, k or 0)
+        sample_fn = eval_lib.make_eval_sampler(spec, exp.process, eval_apply, name, k or 0)
         start = time.perf_counter()
         samples, nfe = eval_lib.generate(sample_fn, params, priors, num_samples=n, key=noise_key)
         seconds = time.perf_counter() - start
         scores = eval_lib.score(samples, classifier, reference, dataset.train_images,
                                 dataset.test_images)
-        rows.append(dict(sde=kind, sampler=eval_lib.sampler_label(config, name), steps=k,
+        rows.append(dict(sde=kind, sampler=eval_lib.sampler_label(spec, name), steps=k,
                          nfe=nfe, fd=scores["fd"], seconds=seconds))
         metrics.save_image_grid(samples[:64], os.path.join(workdir, f"samples_{name}.png"),
-                                title=f"{kind}: {eval_lib.sampler_label(config, name)}")
+                                title=f"{kind}: {eval_lib.sampler_label(spec, name)}")
     images = dataset.test_images[:_NLL_EXAMPLES.value if not _SMOKE.value else 32]
     start = time.perf_counter()
-    bpd = bits_per_dim(config, exp, params, images, key=nll_key)
+    bpd = bits_per_dim(spec, exp, params, images, key=nll_key)
     bpd["seconds"] = time.perf_counter() - start
-    result = dict(sde=kind, train_steps=config.train.num_steps, train_seconds=train_seconds,
+    result = dict(sde=kind, train_steps=spec.train.num_steps, train_seconds=train_seconds,
                   num_samples=n, nll_examples=len(images), rows=rows, bits_per_dim=bpd)
     write_json(rows_path, result)
     return result
@@ -176,11 +178,11 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     os.makedirs(_WORKDIR.value, exist_ok=True)
-    config = _config(_SDES.value[0])
-    dataset = train.build(config).dataset
+    spec = _spec(_SDES.value[0])
+    dataset = train.build(spec).dataset
     classifier = metrics.load_or_train_classifier(
-        os.path.join(_WORKDIR.value, "classifier"), dataset, seed=config.seed,
-        num_steps=config.eval.classifier_steps)
+        os.path.join(_WORKDIR.value, "classifier"), dataset, seed=spec.seed,
+        num_steps=spec.eval.classifier_steps)
     reference = classifier.features(dataset.test_images)
     n = min(_NUM_SAMPLES.value if not _SMOKE.value else 32, len(dataset.test_images))
     real = dataset.train_images[np.random.default_rng(0).choice(len(dataset.train_images), n,

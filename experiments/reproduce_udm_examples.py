@@ -25,7 +25,8 @@ from absl import app, flags, logging
 
 from configs import cold_digits, ddpm_digits, heat_digits, token_base
 from experiments.common import write_json
-from udm import train
+from udm.pipeline import spec as spec_lib
+from udm.pipeline import train
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Parent of the per-model workdirs.")
 _MODELS = flags.DEFINE_list("models", None, "Subset of models to run (default: all).")
@@ -98,7 +99,7 @@ def run_model(name: str) -> dict:
             return cached
     config.train.progress_bar = True
     start = time.perf_counter()
-    results = train.train_and_evaluate(config, workdir)
+    results = train.train_and_evaluate(spec_lib.from_config(config), workdir)
     result = dict(model=name, process=label, data=data, train_steps=config.train.num_steps,
                   num_samples=results["num_samples"], seconds=time.perf_counter() - start,
                   rows=results["rows"], final_metrics=_last_metrics(workdir))

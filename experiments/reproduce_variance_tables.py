@@ -1,7 +1,7 @@
 """Analytic-DPM's two tables in miniature: bits/dim and FD-digits vs the number of steps K.
 
-One DDPM eps-model on the digits (configs/ddpm_digits.py, `udm.train.train`), then an NPR-DPM
-and an SN-DPM variance head on it (`udm.train.train_variance_head`, mean model frozen), then for
+One DDPM eps-model on the digits (configs/ddpm_digits.py, `udm.pipeline.train.train`), then an NPR-DPM
+and an SN-DPM variance head on it (`udm.pipeline.train.train_variance_head`, mean model frozen), then for
 every K on a uniform sub-sequence of the T = 1000 steps:
 
 * NLL: the K-step variational bound of the held-out digits in bits/dim (discretised decoder on
@@ -34,8 +34,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from configs import ddpm_digits  # noqa: E402
 from experiments.common import batched, write_json  # noqa: E402
-from udm import evaluate as eval_lib  # noqa: E402
-from udm import likelihood, metrics, train, variance, variance_heads  # noqa: E402
+from udm import likelihood, metrics, variance, variance_heads  # noqa: E402
+from udm.pipeline import evaluate as eval_lib  # noqa: E402
+from udm.pipeline import spec as spec_lib  # noqa: E402
+from udm.pipeline import train  # noqa: E402
 from udm.sampling import network_predictor, time_grid  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/variance_tables", "Checkpoints, caches, cells.")
@@ -66,7 +68,7 @@ NLL_COLUMNS = [("DDPM, fixed small", "ddpm", "fixed_small", "uniform"),
 BIN_WIDTH = 2.0 / (NUM_LEVELS - 1)
 
 
-def _config(variance_name: str = "fixed_small", sampler: str = "ddpm"):
+def _spec(variance_name: str = "fixed_small", sampler: str = "ddpm") -> spec_lib.Spec:
     config = ddpm_digits.get_config("smoke" if _SMOKE.value else "")
     config.eval.enabled = False
     config.train.progress_bar = True
@@ -81,7 +83,7 @@ def _config(variance_name: str = "fixed_small", sampler: str = "ddpm"):
     config.sampler.variance = variance_name
     if variance_name in variance.HEAD_VARIANCES:
         config.variance.head = variance_name
-    return config
+    return spec_lib.from_config(config)
 
 
 def _step_counts():
@@ -92,17 +94,17 @@ class Models:
     """The trained mean model, its heads and its sigma_bar tables."""
 
     def __init__(self, workdir: str):
-        config = _config()
-        self.exp = exp = train.build(config)
+        spec = _spec()
+        self.exp = exp = train.build(spec)
         start = time.perf_counter()
-        self.params = train.train(config, os.path.join(workdir, "mean"), experiment=exp).ema_params
+        self.params = train.train(spec, os.path.join(workdir, "mean"), experiment=exp).ema_params
         _, self.eval_apply = train.make_apply_fns(exp.model)
         self.heads, self._trajectories = {}, {}
         for kind in variance.HEAD_VARIANCES:
-            head_config = _config(kind)
-            state = train.train_variance_head(head_config, os.path.join(workdir, kind),
+            head_spec = _spec(kind)
+            state = train.train_variance_head(head_spec, os.path.join(workdir, kind),
                                               self.params, experiment=exp)
-            _, head_apply, features_fn = train.make_variance_head(head_config, exp)
+            _, head_apply, features_fn = train.make_variance_head(head_spec, exp)
             self.heads[kind] = variance_heads.HeadModel(kind, features_fn, head_apply,
                                                   state.ema_params)
         self.train_seconds = time.perf_counter() - start
@@ -111,7 +113,7 @@ class Models:
         self.sigma_bar = {}
         for name in ("analytic", "ml_isotropic"):
             self.sigma_bar[name] = eval_lib.estimate_sigma_bar(
-                _config(name), os.path.join(workdir, "mean"), process=exp.process,
+                _spec(name), os.path.join(workdir, "mean"), process=exp.process,
                 eval_apply=self.eval_apply, params=self.params, data=exp.dataset.train_images,
                 timesteps=times, key=jax.random.fold_in(exp.sample_key, 7), mesh=exp.mesh)
 
@@ -132,10 +134,10 @@ class Models:
 
 def fd_cell(models: Models, sampler: str, variance_name: str, trajectory: str, k: int, priors,
             *, key, n, classifier, reference):
-    config = _config(variance_name, sampler)
+    spec = _spec(variance_name, sampler)
     exp = models.exp
     sample_fn = eval_lib.make_eval_sampler(
-        config, exp.process, models.eval_apply, sampler, k,
+        spec, exp.process, models.eval_apply, sampler, k,
         sigma_bar=models.sigma_bar.get(variance_name), head=models.heads.get(variance_name),
         spacing=models.spacing(trajectory, k))
     start = time.perf_counter()
@@ -239,7 +241,7 @@ def main(argv):
     dataset = exp.dataset
     classifier = metrics.load_or_train_classifier(
         os.path.join(workdir, "classifier"), dataset, seed=0,
-        num_steps=_config().eval.classifier_steps)
+        num_steps=_spec().eval.classifier_steps)
     reference = classifier.features(dataset.test_images)
     n = min(32 if _SMOKE.value else _NUM_SAMPLES.value, len(dataset.test_images))
     real = dataset.train_images[np.random.default_rng(0).choice(len(dataset.train_images), n,
@@ -269,10 +271,10 @@ def main(argv):
                                         title=f"{label}, K={k}")
         write_json(cells_path, cells)
 
-    config = _config()
+    spec = _spec()
     table = markdown(cells, real_fd=real_fd, accuracy=classifier.test_accuracy, n=n,
-                     nll_examples=len(images), train_steps=config.train.num_steps,
-                     head_steps=config.variance.head_steps)
+                     nll_examples=len(images), train_steps=spec.train.num_steps,
+                     head_steps=spec.variance.head_steps)
     out = os.path.join(workdir, "variance_tables") if _SMOKE.value else _OUT.value
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".md", "w") as f:

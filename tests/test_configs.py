@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from configs import base, cold_digits, ddpm_cifar10, ddpm_digits, heat_digits, sde_digits
-from udm import train as train_lib
+from udm.pipeline import train as train_lib
+from udm.pipeline.spec import from_config, make_process
 from udm.nn import count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_configs_validate(module, variant):
     config = module.get_config(variant)
     config.data.name = "digits"      # validation does not need the dataset itself
-    train_lib.validate_config(config)
+    from_config(config)
 
 
 def test_unknown_variant_is_refused():
@@ -56,12 +57,12 @@ def test_sde_config_errors_name_the_field(field, value, message):
     else:
         config[section][leaf] = value
     with pytest.raises(ValueError, match=message):
-        train_lib.validate_config(config)
+        from_config(config)
 
 
 def test_cifar10_config_is_the_ddpm_paper_model():
     config = ddpm_cifar10.get_config()
-    model = train_lib.make_model(config)
+    model = train_lib.make_model(from_config(config))
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.int32)
     variables = jax.eval_shape(model.init, jax.random.key(0, impl="rbg"), x, t)
@@ -77,7 +78,7 @@ def test_cifar10_smoke_on_user_npz(tmp_path):
     config = ddpm_cifar10.get_config("smoke")
     config.data.name, config.data.path = "npz", str(path)
     config.train.progress_bar = False
-    state = train_lib.train(config, str(tmp_path / "run"))   # sampling is covered by the digits smoke
+    state = train_lib.train(from_config(config), str(tmp_path / "run"))   # sampling is covered by the digits smoke
     assert int(state.step) == 2 and (tmp_path / "run" / "checkpoints" / "2").exists()
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
 
@@ -100,7 +101,7 @@ def test_variance_head_configs_validate(variant):
     for module, kind in ((npr_digits, "npr"), (sn_digits, "sn")):
         config = module.get_config(variant)
         assert config.variance.head == config.sampler.variance == kind
-        train_lib.validate_config(config)
+        from_config(config)
 
 
 @pytest.mark.parametrize("module,fields,message", [
@@ -129,12 +130,12 @@ def test_variance_head_configs_validate(variant):
 ])
 def test_variance_config_errors_name_the_field(module, fields, message):
     config = module.get_config()
-    train_lib.validate_config(config)                    # valid before the change
+    from_config(config)                    # valid before the change
     for dotted, value in fields.items():
         section, leaf = dotted.split(".")
         config[section][leaf] = value
     with pytest.raises(ValueError, match=message):
-        train_lib.validate_config(config)
+        from_config(config)
 
 
 @pytest.mark.parametrize("fields,message", [
@@ -148,7 +149,7 @@ def test_cold_config_errors_name_the_field(fields, message):
         section, leaf = dotted.split(".")
         setattr(getattr(config, section), leaf, value)
     with pytest.raises(ValueError, match=message):
-        train_lib.validate_config(config)
+        from_config(config)
 
 
 @pytest.mark.parametrize("name", [f"{p}_{d}" for p in ("masking", "edit", "d3pm_uniform",
@@ -157,7 +158,7 @@ def test_cold_config_errors_name_the_field(fields, message):
 @pytest.mark.parametrize("variant", ["", "smoke"])
 def test_token_configs_validate(name, variant):
     module = importlib.import_module(f"configs.{name}")
-    train_lib.validate_config(module.get_config(variant))
+    from_config(module.get_config(variant))
 
 
 def test_token_process_and_data_must_fit():
@@ -165,11 +166,11 @@ def test_token_process_and_data_must_fit():
     config = masking_arithmetic.get_config("smoke")
     config.process.vocab_size = 13
     with pytest.raises(ValueError, match="must match the data"):
-        train_lib.build(config)
+        train_lib.build(from_config(config))
     config = masking_arithmetic.get_config("smoke")
     config.data.name = "digits"
     with pytest.raises(ValueError, match="do not fit"):
-        train_lib.build(config)
+        train_lib.build(from_config(config))
 
 
 def test_token_target_entropy_is_a_config_field():
@@ -177,6 +178,6 @@ def test_token_target_entropy_is_a_config_field():
     from configs import edit_arithmetic, masking_arithmetic
     for module in (masking_arithmetic, edit_arithmetic):
         config = module.get_config("smoke")
-        assert train_lib.make_process(config).target_entropy is None
+        assert make_process(from_config(config)).target_entropy is None
         config.process.target_entropy = 0.5
-        assert train_lib.make_process(config).target_entropy == 0.5
+        assert make_process(from_config(config)).target_entropy == 0.5

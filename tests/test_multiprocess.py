@@ -151,7 +151,8 @@ LATE_SECONDS = 35
 _STALL_MAIN = f'''
 import os, pathlib, time
 from absl import app
-from udm import checkpoint, train
+from udm import checkpoint
+from udm.pipeline import train
 late = os.environ["JAX_PROCESS_ID"] == "1"
 _make_train_step = train.make_train_step
 def make_train_step(*args, **kwargs):

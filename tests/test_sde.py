@@ -311,7 +311,7 @@ def test_dsm_loss_rejects_bad_names():
 # improved (= ddim for Gaussian noise) are exact for Gaussian data up to the grid; the baseline
 # design is not (it ignores Var[x_0 | x_t]) and is left out.
 NUM_STEPS = {"em": 200, "pc": 200, "ode_euler": 400, "ode_heun": 100, "ode_ddim": 400,
-             "ode_adaptive": 0, "ddpm": 200, "ddim": 100, "improved": 100}
+             "ode_adaptive": 0, "ddpm": 1000, "ddim": 400, "improved": 400}
 STD_ALLOWANCE = {"em": 0.015, "pc": 0.02, "ode_euler": 0.015, "ode_heun": 0.015, "ode_ddim": 0.015,
                  "ode_adaptive": 0.005, "ddpm": 0.015, "ddim": 0.015, "improved": 0.015}
 STD_ALLOWANCE_VE = {"ode_euler": 0.08}

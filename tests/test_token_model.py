@@ -10,7 +10,7 @@ import pytest
 
 from udm.nn.token_model import TokenDenoiser
 from udm.nn.unet import count_params
-from udm.train import make_apply_fns
+from udm.pipeline.train import make_apply_fns
 
 V = 6  # real tokens; [MASK] = V, so the model reads V + 1 ids.
 
@@ -118,7 +118,7 @@ def test_jit_traces_once_for_a_fixed_shape():
 
 
 def test_dropout_only_when_training_through_make_apply_fns():
-    # The wrappers of udm.train: train_apply(params, x_t, t, key) with train=True and the
+    # The wrappers of udm.pipeline.train: train_apply(params, x_t, t, key) with train=True and the
     # 'dropout' rng, eval_apply(params, x_t, t) deterministic.
     model = _small(dropout=0.5)
     tokens, t = _batch(jax.random.key(16))

@@ -9,7 +9,8 @@ import pytest
 
 from configs import ddpm_digits
 from udm import checkpoint as ckpt_lib
-from udm import train as train_lib
+from udm.pipeline import train as train_lib
+from udm.pipeline.spec import from_config
 
 
 def _smoke(**overrides):
@@ -31,7 +32,7 @@ def _listing(root):
 
 def test_smoke_train_and_evaluate_writes_everything(tmp_path):
     assert jax.device_count() == 8
-    results = train_lib.train_and_evaluate(_smoke(), str(tmp_path))
+    results = train_lib.train_and_evaluate(from_config(_smoke()), str(tmp_path))
     ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
     assert ckpt.latest_step() == 4
     for name in ["samples.png", "samples_ddpm_5.png", "samples_ddim_5.png", "real.png",
@@ -47,7 +48,7 @@ def test_smoke_train_and_evaluate_writes_everything(tmp_path):
 
 
 def _params_after(config, workdir):
-    exp = train_lib.build(config)
+    exp = train_lib.build(from_config(config))
     abstract = jax.eval_shape(lambda k: train_lib.init_state(
         exp.model, exp.optimizer, exp.dataset.train_images, k), exp.init_key)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -56,10 +57,10 @@ def _params_after(config, workdir):
 
 def test_resume_is_bitwise_exact(tmp_path):
     full = _smoke(**{"eval.enabled": False, "train.num_steps": 4, "train.checkpoint_every": 100})
-    train_lib.train(full, str(tmp_path / "one_run"))
+    train_lib.train(from_config(full), str(tmp_path / "one_run"))
     half = _smoke(**{"eval.enabled": False, "train.num_steps": 2, "train.checkpoint_every": 100})
-    train_lib.train(half, str(tmp_path / "two_runs"))
-    train_lib.train(full, str(tmp_path / "two_runs"))   # restart, resume at step 2
+    train_lib.train(from_config(half), str(tmp_path / "two_runs"))
+    train_lib.train(from_config(full), str(tmp_path / "two_runs"))   # restart, resume at step 2
     a = _params_after(full, str(tmp_path / "one_run"))
     b = _params_after(full, str(tmp_path / "two_runs"))
     assert int(a.step) == int(b.step) == 4
@@ -81,22 +82,22 @@ def test_resume_is_bitwise_exact(tmp_path):
 ])
 def test_bad_config_fails_before_writing(tmp_path, field, value, message):
     with pytest.raises(ValueError, match=message):
-        train_lib.train_and_evaluate(_smoke(**{field: value}), str(tmp_path / "run"))
+        train_lib.train_and_evaluate(from_config(_smoke(**{field: value})), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
 def test_checkpoint_of_other_model_shape_is_refused(tmp_path):
-    train_lib.train(_smoke(**{"eval.enabled": False, "train.num_steps": 2}), str(tmp_path))
+    train_lib.train(from_config(_smoke(**{"eval.enabled": False, "train.num_steps": 2})), str(tmp_path))
     before = _listing(tmp_path)
     wider = _smoke(**{"eval.enabled": False, "train.num_steps": 4, "model.channels": 16})
     with pytest.raises(ckpt_lib.ShapeMismatchError, match="different parameter shapes"):
-        train_lib.train(wider, str(tmp_path))
+        train_lib.train(from_config(wider), str(tmp_path))
     assert _listing(tmp_path) == before
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     config = _smoke(**{"eval.enabled": False, "train.num_steps": 2})
-    train_lib.train(config, str(tmp_path))
+    train_lib.train(from_config(config), str(tmp_path))
     real_load = train_lib.load_dataset
 
     def poisoned(*args, **kwargs):
@@ -107,7 +108,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(train_lib, "load_dataset", poisoned)
     config = _smoke(**{"eval.enabled": False, "train.num_steps": 6})
     with pytest.raises(FloatingPointError, match=r"at step 3; training stopped.*step 2"):
-        train_lib.train(config, str(tmp_path))
+        train_lib.train(from_config(config), str(tmp_path))
     assert ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
 
 
@@ -119,7 +120,7 @@ def test_sde_smoke_train_and_evaluate(tmp_path):
     config.train.progress_bar = False
     config.train.loss_weighting, config.train.time_sampling = "likelihood", "importance"
     config.eval.samplers = ("em", "ode_adaptive")
-    results = train_lib.train_and_evaluate(config, str(tmp_path))
+    results = train_lib.train_and_evaluate(from_config(config), str(tmp_path))
     rows = {r["samples"]: r for r in results["rows"]}
     assert rows["em"]["steps"] == 5 and rows["em"]["nfe"] == 6   # K steps + the Tweedie step
     adaptive = rows["ode_adaptive (tsit5, rtol=0.001)"]
@@ -135,7 +136,7 @@ def test_cold_blur_smoke_trains_and_samples_both_designs(tmp_path):
     from configs import cold_digits
     config = cold_digits.get_config("noisy,smoke")
     config.train.progress_bar = False
-    results = train_lib.train_and_evaluate(config, str(tmp_path))
+    results = train_lib.train_and_evaluate(from_config(config), str(tmp_path))
     rows = {r["samples"]: r for r in results["rows"]}
     assert set(rows) == {"real digits", "baseline", "improved"}
     assert all(np.isfinite(r["fd"]) for r in results["rows"])
@@ -149,7 +150,7 @@ def test_token_process_smoke_trains_and_samples(tmp_path, config_name):
     import importlib
     config = importlib.import_module(f"configs.{config_name}").get_config("smoke")
     config.train.progress_bar = False
-    results = train_lib.train_and_evaluate(config, str(tmp_path))
+    results = train_lib.train_and_evaluate(from_config(config), str(tmp_path))
     rows = {r["samples"]: r for r in results["rows"]}
     assert set(rows) == {"real sequences", "baseline", "improved"}
     assert all(np.isfinite(r["sample_perplexity"]) for r in results["rows"])
@@ -166,15 +167,15 @@ def test_encoding_model_trains_its_encoder_jointly_and_resumes(tmp_path):
     config.train.progress_bar = False
     config.eval.samplers = ("ddpm",)
     config.eval.step_counts = (5,)
-    state = train_lib.train(config, str(tmp_path))
+    state = train_lib.train(from_config(config), str(tmp_path))
     assert set(state.params) == {"network", "process"}
-    exp = train_lib.build(config)
+    exp = train_lib.build(from_config(config))
     initial = exp.process.init_params()["embedding"]
     assert float(jnp.abs(state.params["process"]["embedding"] - initial).max()) > 0
     logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     np.testing.assert_allclose([m["encoder_rms"] for m in logged], 1.0, rtol=1e-5)
     config.train.num_steps += 2
-    results = train_lib.train_and_evaluate(config, str(tmp_path))  # resumes from step 4
+    results = train_lib.train_and_evaluate(from_config(config), str(tmp_path))  # resumes from step 4
     assert [r["samples"] for r in results["rows"]] == ["real sequences", "ddpm"]
     lines = (tmp_path / "samples_ddpm_5.txt").read_text().splitlines()
     assert len(lines) == config.eval.grid_size and all(len(x) == config.data.seq_len for x in lines)
@@ -199,7 +200,7 @@ def _lines(path):
 def test_npr_head_smoke_trains_evaluates_and_resumes_without_retraining(tmp_path):
     from configs import npr_digits
     config = _head_smoke(npr_digits)
-    results = train_lib.train_and_evaluate(config, str(tmp_path))
+    results = train_lib.train_and_evaluate(from_config(config), str(tmp_path))
     head_dir = tmp_path / "variance_head"
     head_ckpt = ckpt_lib.Checkpointer(str(head_dir / "checkpoints"))
     assert head_ckpt.latest_step() == config.variance.head_steps == 4
@@ -215,7 +216,7 @@ def test_npr_head_smoke_trains_evaluates_and_resumes_without_retraining(tmp_path
     # the head is restored for sampling: the same samples, so the same scores.
     mean_log_before = _lines(tmp_path / "metrics.jsonl")
     head_log_before = _lines(head_dir / "metrics.jsonl")
-    again = train_lib.train_and_evaluate(config, str(tmp_path))
+    again = train_lib.train_and_evaluate(from_config(config), str(tmp_path))
     assert ckpt_lib.Checkpointer(str(head_dir / "checkpoints")).all_steps() == [2, 4]
     assert _lines(head_dir / "metrics.jsonl") == head_log_before
     assert _lines(tmp_path / "metrics.jsonl") == mean_log_before
@@ -226,13 +227,13 @@ def test_sn_head_smoke_resumes_the_head_stage(tmp_path):
     # Stage 2 stopped at step 2 (eval off), then the full run: the head resumes at step 2 and
     # trains to 4 (one new log line), the mean model is not touched.
     from configs import sn_digits
-    train_lib.train_and_evaluate(_head_smoke(sn_digits, **{"variance.head_steps": 2,
-                                                           "eval.enabled": False}), str(tmp_path))
+    train_lib.train_and_evaluate(from_config(_head_smoke(sn_digits, **{"variance.head_steps": 2,
+                                                           "eval.enabled": False})), str(tmp_path))
     head_dir = tmp_path / "variance_head"
     assert ckpt_lib.Checkpointer(str(head_dir / "checkpoints")).all_steps() == [2]
     assert not (tmp_path / "results.json").exists()
     mean_log = _lines(tmp_path / "metrics.jsonl")
-    results = train_lib.train_and_evaluate(_head_smoke(sn_digits), str(tmp_path))
+    results = train_lib.train_and_evaluate(from_config(_head_smoke(sn_digits)), str(tmp_path))
     # (a fresh Checkpointer: orbax caches the step listing of an open one)
     assert ckpt_lib.Checkpointer(str(head_dir / "checkpoints")).all_steps() == [2, 4]
     assert [json.loads(line)["step"] for line in _lines(head_dir / "metrics.jsonl")] == [2, 4]
@@ -247,7 +248,7 @@ def test_analytic_variance_smoke_caches_sigma_bar(tmp_path, monkeypatch):
     from udm import variance
     config = _smoke(**{"sampler.variance": "analytic", "eval.samplers": ("ddim",),
                        "variance.mc_samples": 64, "variance.mc_batch_size": 32})
-    results = train_lib.train_and_evaluate(config, str(tmp_path))
+    results = train_lib.train_and_evaluate(from_config(config), str(tmp_path))
     assert [r["samples"] for r in results["rows"]] == ["real digits",
                                                       "ddim (eta=0), analytic variance"]
     assert all(np.isfinite(r["fd"]) for r in results["rows"])
@@ -266,6 +267,6 @@ def test_analytic_variance_smoke_caches_sigma_bar(tmp_path, monkeypatch):
         raise AssertionError("sigma_bar was re-estimated despite the cache")
 
     monkeypatch.setattr(variance, "estimate_sigma_bar", no_estimate)
-    again = train_lib.train_and_evaluate(config, str(tmp_path))
+    again = train_lib.train_and_evaluate(from_config(config), str(tmp_path))
     assert cached[0].stat().st_mtime_ns == mtime
     assert [r["fd"] for r in again["rows"]] == [r["fd"] for r in results["rows"]]

@@ -1,5 +1,4 @@
 """Optimal reverse variances (spec 04) against closed forms, quadrature and Monte Carlo."""
-import types
 
 import jax
 import jax.numpy as jnp
@@ -275,7 +274,7 @@ def _bound_fn(num_steps):
     """Jitted VLB of a grid's chain with the exact Gaussian x0_hat, per example (nats)."""
     @jax.jit
     def bound(alpha_bar, beta_bar, reverse_var, x0, key):
-        chain = types.SimpleNamespace(alpha_bar=alpha_bar, beta_bar=beta_bar)
+        chain = GaussianProcess(alpha_bar, beta_bar)
         x0_fn = lambda x, i: oracles.gaussian_posterior_mean(chain, 0.0, S)(None, x, i)
         return likelihood.variational_bound(alpha_bar, beta_bar, x0_fn, x0, key=key,
                                             decoder="gaussian", reverse_var=reverse_var).total
@@ -312,7 +311,7 @@ def test_vlb_with_the_analytic_variance_is_no_worse_than_fixed_small(num_steps, 
     if num_steps == 10:                                     # fixed_small == likelihood's default
         default = jax.jit(lambda x: likelihood.variational_bound(
             alpha_bar, beta_bar, lambda y, i: oracles.gaussian_posterior_mean(
-                types.SimpleNamespace(alpha_bar=alpha_bar, beta_bar=beta_bar), 0.0, S)(
+                GaussianProcess(alpha_bar, beta_bar), 0.0, S)(
                     None, y, i), x, key=key, decoder="gaussian").total)(x0)
         np.testing.assert_allclose(totals["fixed_small"], default, rtol=1e-5, atol=1e-4)
     assert all(np.all(np.isfinite(x)) for x in totals.values())

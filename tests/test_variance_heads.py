@@ -4,7 +4,6 @@ With x_0 ~ N(0, S^2 I), v_t = alpha_bar_t^2 S^2 + beta_bar_t^2, everything is cl
 eps*(x_t) = beta_bar_t x_t / v_t, Var[eps | x_t] = 1 - beta_bar_t^2 / v_t =: g*_t per coordinate,
 E[eps^2 | x_t] = g*_t + eps*(x_t)^2 and Var[x_0 | x_t] = S^2 beta_bar_t^2 / v_t.
 """
-import types
 
 import jax
 import jax.numpy as jnp
@@ -192,7 +191,7 @@ def test_vlb_with_a_state_dependent_std_equals_the_table_variance():
     alpha_bar, beta_bar, times = variance.chain_from_grid(P, grid)
     _, _, _, _, post = _closed_form(P)
     sigma_bar = jnp.asarray(np.sqrt(post), jnp.float32)           # exact Var[x_0|x_t], [T + 1]
-    chain = types.SimpleNamespace(alpha_bar=alpha_bar, beta_bar=beta_bar)
+    chain = GaussianProcess(alpha_bar, beta_bar)
     mean = oracles.gaussian_posterior_mean(chain, 0.0, S)
     chain_std = sigma_bar[times]                                   # [K + 1], by chain index
 

@@ -1,7 +1,8 @@
-"""train_and_evaluate: train a UDM x_0 predictor on images, checkpoint, sample, evaluate.
+"""Build, train (a model, then optionally its variance head), and train_and_evaluate, from a Spec.
 
-The ConfigDict stops here: it is validated, then turned into typed objects (process, model,
-optimizer, sampler) that the pure functions below receive.
+Every function here takes the typed `udm.pipeline.spec.Spec` (made from a spec by
+`spec.from_config`, which validates it), never a ConfigDict; it turns the spec into typed objects
+(process, model, optimizer) and hands them to the pure functions of the library.
 """
 import json
 import os
@@ -10,7 +11,6 @@ from typing import Any, Dict, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from tqdm.auto import tqdm
@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from udm import checkpoint as ckpt_lib
 from udm import distributed, parallel
 from udm.data import TEXT_DATASETS, batch_at_step, load_dataset, load_text_dataset
-from udm import losses, sampling, variance, variance_heads
-from udm.nn import ATTENTION_SCALES, TokenDenoiser, UNet, count_params
-from udm.processes import PROCESSES
+from udm import losses, variance_heads
+from udm.nn import TokenDenoiser, UNet, count_params
 from udm.processes import base as process_base
+from udm.pipeline import evaluate as eval_lib
+from udm.pipeline.spec import Spec, TrainSpec, head_train_spec, make_process
 
 PyTree = Any
 
@@ -34,107 +35,13 @@ class TrainState(NamedTuple):
     opt_state: PyTree
 
 
-# --- config checks: fail before anything compiles or is written ------------------------------
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
-
-
-def _validate_process_and_samplers(config):
-    """Builds the process (its own checks name the field) and checks every sampler against it."""
-    PROCESSES.get(config.process.name)
-    try:
-        process = make_process(config)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"config.process ({config.process.name!r}) is invalid: {e}") from e
-    try:
-        process.check_loss_options(config.train.loss_weighting, config.train.time_sampling)
-    except ValueError as e:
-        raise ValueError(f"config.train.loss_weighting / time_sampling: {e}") from e
-    for name in (config.sampler.name, *config.eval.samplers):
-        sampling.check_supported(name, process)
-    try:
-        sampling.time_grid(process, 1, config.sampler.spacing)
-    except ValueError as e:
-        raise ValueError(f"config.sampler.spacing: {e}") from e
-    for name, k in [("config.sampler.num_steps", config.sampler.num_steps)] + [
-            ("config.eval.step_counts entries", k) for k in config.eval.step_counts]:
-        sampling.check_num_steps(process, k, name)
-    _check(0.0 <= config.sampler.eta <= 1.0,
-           f"config.sampler.eta must be in [0, 1], got {config.sampler.eta}")
-    _check(config.sampler.noise_scale >= 0,
-           f"config.sampler.noise_scale must be >= 0, got {config.sampler.noise_scale}")
-    return process
-
-
-def _validate_variance(config, process) -> None:
-    sc, vc = config.sampler, config.variance
-    _check(sc.variance in variance.SAMPLING_VARIANCES,
-           f"config.sampler.variance must be one of {', '.join(variance.SAMPLING_VARIANCES)}, "
-           f"got {sc.variance!r}")
-    _check(vc.head in ("",) + variance_heads.HEAD_KINDS,
-           f"config.variance.head must be '' or one of {', '.join(variance_heads.HEAD_KINDS)}, "
-           f"got {vc.head!r}")
-    if sc.variance in variance_heads.HEAD_KINDS:
-        _check(vc.head == sc.variance,
-               f"config.sampler.variance={sc.variance!r} needs a trained head: set "
-               f"config.variance.head={sc.variance!r} (got {vc.head!r})")
-    if sc.variance != "fixed_small" or vc.head:
-        caps = process.capabilities
-        _check(caps.gaussian_marginals and caps.ddpm_variance and not caps.continuous_time
-               and not caps.tokens,
-               f"config.sampler.variance / config.variance.head apply to the discrete Gaussian "
-               f"process, got process {config.process.name!r}")
-    if sc.variance != "fixed_small":
-        bad = [n for n in (sc.name, *config.eval.samplers) if n not in ("ddpm", "ddim")]
-        _check(not bad, f"config.sampler.variance={sc.variance!r} works with the ddpm and ddim "
-                        f"samplers only, got {bad}")
-    _check(sc.clip_pixel >= 0, f"config.sampler.clip_pixel must be >= 0, got {sc.clip_pixel}")
-    _check(sc.clip_sigma_idx >= 0,
-           f"config.sampler.clip_sigma_idx must be >= 0, got {sc.clip_sigma_idx}")
-    _check(vc.head_steps >= 0, f"config.variance.head_steps must be >= 0, got {vc.head_steps}")
-    _check(vc.mc_samples >= 1 and vc.mc_batch_size >= 1 and vc.mc_samples % vc.mc_batch_size == 0,
-           f"config.variance.mc_samples must be a positive multiple of config.variance."
-           f"mc_batch_size, got {vc.mc_samples} and {vc.mc_batch_size}")
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the field for every bad value we can see without running."""
-    process = _validate_process_and_samplers(config)
-    _validate_variance(config, process)
-    ATTENTION_SCALES.get(config.model.attention_scale)
-    _check(config.train.num_steps >= 0,
-           f"config.train.num_steps must be >= 0, got {config.train.num_steps}")
-    _check(config.train.batch_size >= 1,
-           f"config.train.batch_size must be >= 1, got {config.train.batch_size}")
-    _check(config.train.learning_rate > 0,
-           f"config.train.learning_rate must be > 0, got {config.train.learning_rate}")
-    _check(0.0 <= config.train.ema_decay < 1.0,
-           f"config.train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
-    _check(config.train.log_every >= 1, f"config.train.log_every must be >= 1, got {config.train.log_every}")
-    _check(config.train.checkpoint_every >= 1,
-           f"config.train.checkpoint_every must be >= 1, got {config.train.checkpoint_every}")
-    mesh = parallel.data_mesh()
-    parallel.check_divisible(config.train.batch_size, mesh, "config.train.batch_size")
-    parallel.check_divisible(config.eval.batch_size, mesh, "config.eval.batch_size")
-    if config.sampler.variance in variance.MONTE_CARLO_VARIANCES:
-        parallel.check_divisible(config.variance.mc_batch_size, mesh,
-                                 "config.variance.mc_batch_size")
-
-
 # --- building blocks -------------------------------------------------------------------------
 
-def make_process(config):
-    kwargs = {k: v for k, v in config.process.items() if k != "name"}
-    return PROCESSES.get(config.process.name)(**kwargs)
-
-
-def make_model(config, process=None):
-    """The network of config.model: the UNet (images), or with model.name = "token_denoiser"
+def make_model(spec: Spec, process=None):
+    """The network of spec.model: the UNet (images), or with model.name = "token_denoiser"
     the bidirectional TokenDenoiser, whose vocabularies come from the token process."""
-    model_kwargs = dict(config.model)
-    name = model_kwargs.pop("name", "unet")
+    model_kwargs = dict(spec.model.kwargs)
+    name = spec.model.name
     if name == "token_denoiser":
         if process is None or not process.capabilities.tokens:
             raise ValueError("config.model.name='token_denoiser' needs a token process "
@@ -149,13 +56,13 @@ def make_model(config, process=None):
     return UNet(**model_kwargs)
 
 
-def make_optimizer(train_config) -> optax.GradientTransformation:
+def make_optimizer(train_spec: TrainSpec) -> optax.GradientTransformation:
     """AdamW with linear warm-up to a constant rate and global-norm gradient clipping."""
-    schedule = optax.linear_schedule(0.0, train_config.learning_rate,
-                                     max(train_config.warmup_steps, 1))
+    schedule = optax.linear_schedule(0.0, train_spec.learning_rate,
+                                     max(train_spec.warmup_steps, 1))
     return optax.chain(
-        optax.clip_by_global_norm(train_config.grad_clip),
-        optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=train_config.weight_decay))
+        optax.clip_by_global_norm(train_spec.grad_clip),
+        optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=train_spec.weight_decay))
 
 
 def init_state(model, optimizer, example, key, *, process=None) -> TrainState:
@@ -244,7 +151,7 @@ class MetricWriter:
 # --- the entry points ------------------------------------------------------------------------
 
 class Experiment(NamedTuple):
-    """The typed objects a config describes."""
+    """The typed objects a spec describes."""
     dataset: Any
     process: Any
     model: UNet
@@ -255,23 +162,22 @@ class Experiment(NamedTuple):
     sample_key: jax.Array
 
 
-def build(config: ml_collections.ConfigDict) -> Experiment:
-    """Validates the config and turns it into typed objects (nothing is written)."""
-    validate_config(config)
-    if config.data.name in TEXT_DATASETS:
-        dataset = load_text_dataset(config.data.name, seq_len=config.data.get("seq_len") or None,
-                                    seed=config.seed, test_fraction=config.data.test_fraction)
+def build(spec: Spec) -> Experiment:
+    """Turns a spec (validated by `spec.from_config`) into typed objects; nothing is written."""
+    if spec.data.name in TEXT_DATASETS:
+        dataset = load_text_dataset(spec.data.name, seq_len=spec.data.seq_len or None,
+                                    seed=spec.seed, test_fraction=spec.data.test_fraction)
     else:
-        dataset = load_dataset(config.data.name, seed=config.seed,
-                               test_fraction=config.data.test_fraction,
-                               path=config.data.path or None)
+        dataset = load_dataset(spec.data.name, seed=spec.seed,
+                               test_fraction=spec.data.test_fraction,
+                               path=spec.data.path or None)
     # The "rbg" generator: on XLA:CPU threefry keys make compiling the model init and the
     # train step several times slower, for no statistical benefit here.
-    root = jax.random.key(config.seed, impl="rbg")
+    root = jax.random.key(spec.seed, impl="rbg")
     init_key, train_key, sample_key = jax.random.split(root, 3)
-    process = make_process(config)
+    process = make_process(spec)
     if process.capabilities.tokens != dataset.tokens:
-        raise ValueError(f"process {config.process.name!r} and data {config.data.name!r} do not "
+        raise ValueError(f"process {spec.process.name!r} and data {spec.data.name!r} do not "
                          f"fit: token processes need a text dataset and the others images")
     if process.capabilities.fitted_prior:  # cold / heat: x_T ~ a Gaussian fitted to F_T(data)
         process = process.fit_prior(dataset.train_data)
@@ -280,20 +186,20 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
         raise ValueError(f"config.process (seq_len={process.seq_len}, vocab_size="
                          f"{process.vocab_size}) must match the data {dataset.name!r} (seq_len="
                          f"{dataset.seq_len}, vocab_size={dataset.vocab_size})")
-    return Experiment(dataset, process, make_model(config, process),
-                      make_optimizer(config.train), parallel.data_mesh(),
+    return Experiment(dataset, process, make_model(spec, process),
+                      make_optimizer(spec.train), parallel.data_mesh(),
                       init_key, train_key, sample_key)
 
 
 _SYNC_EVERY = 10  # steps between host waits on the loss, whatever log_every is
 
 
-def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train_key, mesh,
+def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimizer, train_key, mesh,
         data: np.ndarray, seed: int, record: Dict[str, Any], desc: str = "train") -> TrainState:
     """The training loop shared by every stage: resume, step, log, checkpoint, stop on NaN.
 
     Args:
-        train_config: config.train (num_steps, batch_size, ema_decay, log/checkpoint cadence).
+        train_spec: spec.train (num_steps, batch_size, ema_decay, log/checkpoint cadence).
         workdir: gets checkpoints/, metrics.jsonl and tensorboard/.
         init: `init(key) -> TrainState`; its shapes are checked against a checkpoint in workdir
             before anything is written.
@@ -311,13 +217,13 @@ def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train
         desc: progress-bar label.
 
     Returns:
-        The TrainState at train_config.num_steps.
+        The TrainState at train_spec.num_steps.
     """
     # Shapes and shardings of the state, without computing it yet.
     abstract = jax.eval_shape(init, init_key)
     state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                         max_to_keep=train_config.keep_checkpoints)
+                                         max_to_keep=train_spec.keep_checkpoints)
     latest = checkpointer.latest_step()
     if latest is not None:
         checkpointer.check_compatible(latest, abstract.params)  # before anything is written
@@ -336,33 +242,33 @@ def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train
             print(f"udm: resumed from step {latest} in {workdir}")
 
     train_step = jax.jit(
-        make_train_step(loss_fn, optimizer, ema_decay=train_config.ema_decay,
+        make_train_step(loss_fn, optimizer, ema_decay=train_spec.ema_decay,
                         train_key=train_key),
         in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0)
 
     start = int(state.step)
-    num_steps = train_config.num_steps
+    num_steps = train_spec.num_steps
     writer = MetricWriter(workdir, enabled=primary)
     # This process's rows of every global batch: all of it with one process.
-    rows = parallel.process_rows(train_config.batch_size, mesh)
+    rows = parallel.process_rows(train_spec.batch_size, mesh)
     pending = []
     try:
         bar = tqdm(range(start, num_steps), initial=start, total=num_steps, desc=desc,
-                   unit="step", disable=not (train_config.progress_bar and primary))
+                   unit="step", disable=not (train_spec.progress_bar and primary))
         t_last = time.perf_counter()
         for step in bar:
-            idx = batch_at_step(len(data), train_config.batch_size, step, seed=seed)[rows]
-            batch = parallel.global_batch(data[idx], mesh, train_config.batch_size)
+            idx = batch_at_step(len(data), train_spec.batch_size, step, seed=seed)[rows]
+            batch = parallel.global_batch(data[idx], mesh, train_spec.batch_size)
             state, metrics = train_step(state, batch)
             pending.append(metrics)
             done = step + 1
             if done % _SYNC_EVERY == 0:
                 # Cheap steps dispatched far ahead can stall fake-device all-reduces: block.
                 jax.block_until_ready(metrics["loss"])
-            save_now = done % train_config.checkpoint_every == 0 or done == num_steps
-            if done % train_config.log_every == 0 or save_now:
+            save_now = done % train_spec.checkpoint_every == 0 or done == num_steps
+            if done % train_spec.log_every == 0 or save_now:
                 # Blocking here every few steps also keeps fake-device all-reduces in step.
                 host = jax.device_get(pending)
                 pending = []
@@ -375,7 +281,7 @@ def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train
                         f"(step {checkpointer.latest_step()}) in {checkpointer.directory} is kept.")
                 now = time.perf_counter()
                 summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-                summary["images_per_second"] = len(host) * train_config.batch_size / (now - t_last)
+                summary["images_per_second"] = len(host) * train_spec.batch_size / (now - t_last)
                 t_last = now
                 writer.write(done, summary)
                 bar.set_postfix(loss=f"{summary['loss']:.4f}")
@@ -388,41 +294,33 @@ def fit(train_config, workdir: str, *, init, init_key, loss_fn, optimizer, train
     return state
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *,
+def train(spec: Spec, workdir: str, *,
           experiment: Optional[Experiment] = None) -> TrainState:
-    """Trains to config.train.num_steps, resuming from the latest checkpoint in workdir.
+    """Trains to spec.train.num_steps, resuming from the latest checkpoint in workdir.
 
-    Writes workdir/checkpoints/, metrics.jsonl and tensorboard/. Bad configs and a checkpoint
-    of another model shape are refused before anything is written. A non-finite loss stops
+    Writes workdir/checkpoints/, metrics.jsonl and tensorboard/. A checkpoint of another model
+    shape is refused before anything is written. A non-finite loss stops
     training with FloatingPointError; the last good checkpoint stays.
     """
-    exp = build(config) if experiment is None else experiment
+    exp = build(spec) if experiment is None else experiment
     data = exp.dataset.train_data
 
     def init(key):
         return init_state(exp.model, exp.optimizer, data, key, process=exp.process)
 
     train_apply, _ = make_apply_fns(exp.model)
-    loss_fn = losses.make_loss_fn(exp.process, train_apply, weighting=config.train.loss_weighting,
-                                  time_sampling=config.train.time_sampling)
-    return fit(config.train, workdir, init=init, init_key=exp.init_key, loss_fn=loss_fn,
+    loss_fn = losses.make_loss_fn(exp.process, train_apply, weighting=spec.train.loss_weighting,
+                                  time_sampling=spec.train.time_sampling)
+    return fit(spec.train, workdir, init=init, init_key=exp.init_key, loss_fn=loss_fn,
                optimizer=exp.optimizer, train_key=exp.train_key, mesh=exp.mesh,
-               data=data, seed=config.seed,
-               record=dict(config=config.to_dict(), dataset=exp.dataset.name))
+               data=data, seed=spec.seed,
+               record=dict(config=spec.record, dataset=exp.dataset.name))
 
 
-def head_train_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """config.train with the variance head's step count and learning rate."""
-    head = ml_collections.ConfigDict(config.train.to_dict())
-    head.num_steps = config.variance.head_steps
-    head.learning_rate = config.variance.head_learning_rate
-    return head
-
-
-def make_variance_head(config, experiment: Experiment):
-    """(head module, head_apply(head_params, features), mean_features_fn) of a config."""
+def make_variance_head(spec: Spec, experiment: Experiment):
+    """(head module, head_apply(head_params, features), mean_features_fn) of a spec."""
     head = variance_heads.VarianceHead(
-        out_channels=experiment.dataset.train_images.shape[-1], width=config.variance.head_width)
+        out_channels=experiment.dataset.train_images.shape[-1], width=spec.variance.head_width)
 
     def head_apply(head_params, features):
         return head.apply({"params": head_params}, features)
@@ -430,17 +328,17 @@ def make_variance_head(config, experiment: Experiment):
     return head, head_apply, variance_heads.mean_features_fn(experiment.process, experiment.model)
 
 
-def train_variance_head(config: ml_collections.ConfigDict, workdir: str, mean_params, *,
+def train_variance_head(spec: Spec, workdir: str, mean_params, *,
                         experiment: Optional[Experiment] = None) -> TrainState:
     """Stage 2 of NPR-DPM / SN-DPM (spec 04 §3.7): trains only the variance head, mean frozen.
 
     Writes workdir/variance_head/{checkpoints, metrics.jsonl, tensorboard}; resumes like
-    `train`. config.variance.head names the kind ("npr" or "sn").
+    `train`. spec.variance.head names the kind ("npr" or "sn").
     """
-    exp = build(config) if experiment is None else experiment
-    kind = variance_heads.check_kind(config.variance.head)
-    head, head_apply, features_fn = make_variance_head(config, exp)
-    head_config = head_train_config(config)
+    exp = build(spec) if experiment is None else experiment
+    kind = variance_heads.check_kind(spec.variance.head)
+    head, head_apply, features_fn = make_variance_head(spec, exp)
+    head_config = head_train_spec(spec)
     optimizer = make_optimizer(head_config)
     image_shape = exp.dataset.train_images.shape[1:]
 
@@ -458,31 +356,30 @@ def train_variance_head(config: ml_collections.ConfigDict, workdir: str, mean_pa
     init_key, train_key = jax.random.split(jax.random.fold_in(exp.init_key, 1))
     return fit(head_config, os.path.join(workdir, "variance_head"), init=init, init_key=init_key,
                loss_fn=loss_fn, optimizer=optimizer, train_key=train_key, mesh=exp.mesh,
-               data=exp.dataset.train_images, seed=config.seed + 1,
-               record=dict(config=config.to_dict(), dataset=exp.dataset.name, stage="variance_head"),
+               data=exp.dataset.train_images, seed=spec.seed + 1,
+               record=dict(config=spec.record, dataset=exp.dataset.name, stage="variance_head"),
                desc=f"train {kind} head")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(spec: Spec, workdir: str) -> Dict[str, Any]:
     """Trains (resuming from the latest checkpoint in workdir), then samples and evaluates.
 
     Writes into workdir: checkpoints/, metrics.jsonl, tensorboard/, samples*.png, real.png,
-    results.md and results.json; with config.variance.head ("npr" / "sn") a second stage trains
-    the variance head into workdir/variance_head/ after the mean model. Returns the evaluation results (see udm.evaluate).
+    results.md and results.json; with spec.variance.head ("npr" / "sn") a second stage trains
+    the variance head into workdir/variance_head/ after the mean model. Returns the
+    evaluation results (see udm.pipeline.evaluate).
     """
-    from udm import evaluate as eval_lib
-
-    exp = build(config)
-    state = train(config, workdir, experiment=exp)
+    exp = build(spec)
+    state = train(spec, workdir, experiment=exp)
     head = None
-    if config.variance.head:  # stage 2: NPR-DPM / SN-DPM head on the frozen EMA mean model
-        head_state = train_variance_head(config, workdir, state.ema_params, experiment=exp)
-        _, head_apply, features_fn = make_variance_head(config, exp)
-        head = variance_heads.HeadModel(config.variance.head, features_fn, head_apply,
-                                  head_state.ema_params)
-    if not config.eval.enabled:
+    if spec.variance.head:  # stage 2: NPR-DPM / SN-DPM head on the frozen EMA mean model
+        head_state = train_variance_head(spec, workdir, state.ema_params, experiment=exp)
+        _, head_apply, features_fn = make_variance_head(spec, exp)
+        head = variance_heads.HeadModel(spec.variance.head, features_fn, head_apply,
+                                        head_state.ema_params)
+    if not spec.eval.enabled:
         return {}
     _, eval_apply = make_apply_fns(exp.model)
-    return eval_lib.evaluate(config, workdir, process=exp.process, eval_apply=eval_apply,
+    return eval_lib.evaluate(spec, workdir, process=exp.process, eval_apply=eval_apply,
                              params=state.ema_params, dataset=exp.dataset, mesh=exp.mesh,
                              sample_key=exp.sample_key, head=head)

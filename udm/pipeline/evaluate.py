@@ -1,5 +1,7 @@
 """Sample with several samplers and step counts, score the samples, write a table and grids.
 
+Every function takes the typed `udm.pipeline.spec.Spec`, never a ConfigDict.
+
 Scores (udm.metrics): FD-digits (Fréchet distance in the penultimate features of a classifier
 trained by udm on the same data), the classifier's predicted-class entropy and class histogram,
 and nearest-training-image distances that flag memorisation. The same scores of real held-out
@@ -17,6 +19,7 @@ from tqdm.auto import tqdm
 
 from udm import distributed, metrics, parallel, sampling, variance, variance_heads
 from udm.sampling import make_sampler, network_predictor, time_grid
+from udm.pipeline.spec import Spec
 from udm.variance_heads import HeadModel
 
 
@@ -45,24 +48,24 @@ def generate(sample_fn, params, priors: list, *, num_samples: int, key):
     return np.concatenate(chunks)[:num_samples], float(np.mean(nfes))
 
 
-def sampler_eta(config, name: str) -> float:
-    """The eta a discrete sampler runs with: 1 for ddpm, config.sampler.eta for ddim."""
-    return {"ddpm": 1.0, "ddim": config.sampler.eta}.get(name, 0.0)
+def sampler_eta(spec: Spec, name: str) -> float:
+    """The eta a discrete sampler runs with: 1 for ddpm, spec.sampler.eta for ddim."""
+    return {"ddpm": 1.0, "ddim": spec.sampler.eta}.get(name, 0.0)
 
 
-def estimate_sigma_bar(config, workdir: str, *, process, eval_apply, params, data,
+def estimate_sigma_bar(spec: Spec, workdir: str, *, process, eval_apply, params, data,
                        timesteps: np.ndarray, key, mesh=None) -> Optional[Any]:
-    """The [T + 1] sigma_bar of config.sampler.variance (analytic / ml_isotropic), else None.
+    """The [T + 1] sigma_bar of spec.sampler.variance (analytic / ml_isotropic), else None.
 
-    The Monte Carlo moments (config.variance.mc_samples per t over the training images) are
+    The Monte Carlo moments (spec.variance.mc_samples per t over the training images) are
     cached in workdir/variance/ next to the checkpoints and reused when the variance name, the
     timesteps and the sample count match (delete the file after retraining in place). With a
     mesh each Monte Carlo batch is split over its devices (all processes compute the table).
     """
-    name, vc = config.sampler.variance, config.variance
+    name, vc = spec.sampler.variance, spec.variance
     if name not in variance.MONTE_CARLO_VARIANCES:
         return None
-    path = os.path.join(workdir, "variance", f"{name}_step{config.train.num_steps}.npz")
+    path = os.path.join(workdir, "variance", f"{name}_step{spec.train.num_steps}.npz")
     timesteps = np.asarray(sorted(set(int(t) for t in timesteps)), np.int32)
     if os.path.exists(path):
         cached = np.load(path)
@@ -81,21 +84,21 @@ def estimate_sigma_bar(config, workdir: str, *, process, eval_apply, params, dat
     return sigma_bar
 
 
-def make_eval_sampler(config, process, eval_apply, name: str, num_steps: int, *,
+def make_eval_sampler(spec: Spec, process, eval_apply, name: str, num_steps: int, *,
                       sigma_bar=None, head: Optional[HeadModel] = None, spacing=None):
     """The sampler of one table row, for any process (`udm.sampling.make_sampler`).
 
-    With config.sampler.clip_x0 the x_0 estimates (the final samples, for the SDE / ODE
+    With spec.sampler.clip_x0 the x_0 estimates (the final samples, for the SDE / ODE
     solvers) are clipped to the data range [-1, 1]; token processes predict logits, which are
-    not clipped. A ddpm / ddim row runs with config.sampler.variance (spec 04): sigma_bar is
+    not clipped. A ddpm / ddim row runs with spec.sampler.variance (spec 04): sigma_bar is
     the [T + 1] table of analytic / ml_isotropic (`estimate_sigma_bar`), head the NPR / SN head
     (the sampler's params are then {"mean": ..., "head": ...}). spacing overrides
-    config.sampler.spacing (e.g. with an explicit sub-sequence from optimal_trajectory).
+    spec.sampler.spacing (e.g. with an explicit sub-sequence from optimal_trajectory).
     """
-    sc = config.sampler
+    sc = spec.sampler
     spacing = sc.spacing if spacing is None else spacing
     clip = 1.0 if sc.clip_x0 and not process.capabilities.tokens else None
-    eta = sampler_eta(config, name)
+    eta = sampler_eta(spec, name)
     options = dict(eta=eta, spacing=spacing, clip_x0=clip, noise_scale=sc.noise_scale,
                    snr=sc.snr, corrector_steps=sc.corrector_steps, solver=sc.solver,
                    rtol=sc.rtol, atol=sc.atol, max_steps=sc.max_steps)
@@ -119,19 +122,19 @@ def make_eval_sampler(config, process, eval_apply, name: str, num_steps: int, *,
                         std_cap=cap, **options)
 
 
-def sampler_label(config, name: str) -> str:
+def sampler_label(spec: Spec, name: str) -> str:
     """How a sampler row is named in the table."""
-    if name in ("ddpm", "ddim") and config.sampler.variance != "fixed_small":
-        base = "ddpm" if name == "ddpm" else f"ddim (eta={config.sampler.eta:g})"
-        return f"{base}, {config.sampler.variance} variance"
+    if name in ("ddpm", "ddim") and spec.sampler.variance != "fixed_small":
+        base = "ddpm" if name == "ddpm" else f"ddim (eta={spec.sampler.eta:g})"
+        return f"{base}, {spec.sampler.variance} variance"
     if name == "ddim":
-        return f"ddim (eta={config.sampler.eta:g})"
-    if name == "em" and config.sampler.noise_scale != 1.0:
-        return f"em (lambda={config.sampler.noise_scale:g})"
+        return f"ddim (eta={spec.sampler.eta:g})"
+    if name == "em" and spec.sampler.noise_scale != 1.0:
+        return f"em (lambda={spec.sampler.noise_scale:g})"
     if name == "pc":
-        return f"pc (snr={config.sampler.snr:g})"
+        return f"pc (snr={spec.sampler.snr:g})"
     if name == "ode_adaptive":
-        return f"ode_adaptive ({config.sampler.solver}, rtol={config.sampler.rtol:g})"
+        return f"ode_adaptive ({spec.sampler.solver}, rtol={spec.sampler.rtol:g})"
     return name
 
 
@@ -175,32 +178,32 @@ def markdown_table(rows: List[Dict[str, Any]], columns=_COLUMNS, headers=_HEADER
     return "\n".join(lines)
 
 
-def sample_rows(config, workdir: str, runs, *, process, eval_apply, params, dataset, mesh,
+def sample_rows(spec: Spec, workdir: str, runs, *, process, eval_apply, params, dataset, mesh,
                 sample_key, num_samples: int, head: Optional[HeadModel] = None):
     """Samples num_samples examples with every (sampler, K) of `runs`, from the same x_T.
 
     Returns {(name, K): (samples, NFE per sample, seconds)}. With an Analytic-DPM /
     ML Monte Carlo variance its sigma_bar table is estimated first (`estimate_sigma_bar`).
     """
-    ec = config.eval
+    ec = spec.eval
     # Same x_T for every row.
     prior_key, noise_key = jax.random.split(sample_key)
     priors = draw_priors(process, num_samples=num_samples, batch_size=ec.batch_size,
                          image_shape=dataset.train_data.shape[1:], key=prior_key, mesh=mesh)
     sigma_bar, sample_params = None, params
-    if config.sampler.variance in variance.MONTE_CARLO_VARIANCES:
-        grid_times = np.concatenate([time_grid(process, k, config.sampler.spacing)[:, 0]
+    if spec.sampler.variance in variance.MONTE_CARLO_VARIANCES:
+        grid_times = np.concatenate([time_grid(process, k, spec.sampler.spacing)[:, 0]
                                      for _, k in runs])
-        sigma_bar = estimate_sigma_bar(config, workdir, process=process, eval_apply=eval_apply,
+        sigma_bar = estimate_sigma_bar(spec, workdir, process=process, eval_apply=eval_apply,
                                        params=params, data=dataset.train_data,
                                        timesteps=grid_times, key=jax.random.fold_in(sample_key, 7),
                                        mesh=mesh)
-    if head is not None and config.sampler.variance == head.kind:
+    if head is not None and spec.sampler.variance == head.kind:
         sample_params = {"mean": params, "head": head.params}
     generated = {}
     for name, k in tqdm(runs, desc="sample", unit="run",
-                        disable=not (config.train.progress_bar and distributed.is_primary())):
-        sample_fn = make_eval_sampler(config, process, eval_apply, name, k or 0,
+                        disable=not (spec.train.progress_bar and distributed.is_primary())):
+        sample_fn = make_eval_sampler(spec, process, eval_apply, name, k or 0,
                                       sigma_bar=sigma_bar, head=head)
         start = time.perf_counter()
         samples, nfe = generate(sample_fn, sample_params, priors, num_samples=num_samples,
@@ -209,25 +212,25 @@ def sample_rows(config, workdir: str, runs, *, process, eval_apply, params, data
     return generated
 
 
-def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh,
+def evaluate(spec: Spec, workdir: str, *, process, eval_apply, params, dataset, mesh,
              sample_key, head: Optional[HeadModel] = None) -> Dict[str, Any]:
-    """Samples with every (sampler, K) of config.eval, scores them, writes results.md/json.
+    """Samples with every (sampler, K) of spec.eval, scores them, writes results.md/json.
 
     The scores and files depend on the data, not on the process: the dataset picks its
     evaluator (`EVALUATORS`, images or text). head: the trained NPR / SN head when
-    config.sampler.variance is "npr" / "sn". In a multi-process run every process samples (the
+    spec.sampler.variance is "npr" / "sn". In a multi-process run every process samples (the
     batches are sharded over all devices) and gathers the samples; process 0 alone then scores
     and writes, the others return {}. Sampling comes first so that no process waits in a
     collective while process 0 trains the classifier or scores.
     """
     evaluator = EVALUATORS[dataset.tokens]
-    n, runs = evaluator.plan(config, dataset)
-    generated = sample_rows(config, workdir, runs, process=process, eval_apply=eval_apply,
+    n, runs = evaluator.plan(spec, dataset)
+    generated = sample_rows(spec, workdir, runs, process=process, eval_apply=eval_apply,
                             params=params, dataset=dataset, mesh=mesh, sample_key=sample_key,
                             num_samples=n, head=head)
     if not distributed.is_primary():  # process 0 alone scores and writes
         return {}
-    return evaluator.report(config, workdir, dataset, generated, n)
+    return evaluator.report(spec, workdir, dataset, generated, n)
 
 
 def _row_steps(name: str, k: int) -> Optional[int]:
@@ -235,48 +238,48 @@ def _row_steps(name: str, k: int) -> Optional[int]:
     return None if sampling.SAMPLERS.get(name).adaptive else k
 
 
-def _primary_row(config):
+def _primary_row(spec: Spec):
     """The (sampler, K) of samples.png."""
-    return config.sampler.name, _row_steps(config.sampler.name, config.sampler.num_steps)
+    return spec.sampler.name, _row_steps(spec.sampler.name, spec.sampler.num_steps)
 
 
-def _image_plan(config, dataset):
+def _image_plan(spec: Spec, dataset):
     """(samples per row, [(sampler, K)]) of an image evaluation: the eval grid plus the
     sampler of samples.png; an adaptive solver picks its own steps (one row, K = None)."""
-    ec = config.eval
+    ec = spec.eval
     n = min(ec.num_samples, len(dataset.test_images))
     runs = list(dict.fromkeys([(name, _row_steps(name, k))
                                for name in ec.samplers for k in ec.step_counts]))
-    primary = _primary_row(config)
+    primary = _primary_row(spec)
     if primary not in runs:
         runs.append(primary)
     return n, runs
 
 
-def _image_report(config, workdir: str, dataset, generated, n: int) -> Dict[str, Any]:
+def _image_report(spec: Spec, workdir: str, dataset, generated, n: int) -> Dict[str, Any]:
     """Scores image samples (FD-digits, class statistics, memorisation), writes grids and tables."""
-    ec = config.eval
+    ec = spec.eval
     held_out = dataset.test_images
     grid_n = min(ec.grid_size, n)
-    primary = _primary_row(config)
+    primary = _primary_row(spec)
 
     classifier = reference = None
     if dataset.num_classes is not None:
         classifier = metrics.load_or_train_classifier(
-            os.path.join(workdir, "classifier"), dataset, seed=config.seed,
+            os.path.join(workdir, "classifier"), dataset, seed=spec.seed,
             num_steps=ec.classifier_steps)
         reference = classifier.features(held_out)
     # Reference row, what a perfect model would score with n samples: FD of n real training
     # images against the held-out set; the other columns describe the held-out images themselves
     # (their class statistics and their distance to the nearest training image).
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(spec.seed)
     real = dataset.train_images[rng.choice(len(dataset.train_images), n, replace=False)]
     real_row = score(held_out, classifier, reference, dataset.train_images, held_out)
     if classifier is not None:
         real_row["fd"] = float(metrics.frechet_distance(classifier.features(real), reference))
     rows = [dict(samples="real digits", steps=None, seconds=None, **real_row)]
     for (name, k), (samples, nfe, seconds) in generated.items():
-        label = sampler_label(config, name)
+        label = sampler_label(spec, name)
         rows.append(dict(samples=label, steps=k, nfe=nfe,
                          seconds=seconds,
                          **score(samples, classifier, reference, dataset.train_images, held_out)))
@@ -289,7 +292,7 @@ def _image_report(config, workdir: str, dataset, generated, n: int) -> Dict[str,
                                     title=title)
     metrics.save_image_grid(real[:grid_n], os.path.join(workdir, "real.png"), title="real digits")
 
-    header = (f"Evaluation of {dataset.name} at training step {config.train.num_steps}: "
+    header = (f"Evaluation of {dataset.name} at training step {spec.train.num_steps}: "
               f"{n} samples per row against {len(held_out)} held-out images; "
               + (f"classifier held-out accuracy {classifier.test_accuracy:.4f}. " if classifier
                  else "no labels, so no classifier scores. ")
@@ -314,14 +317,14 @@ _TEXT_HEADERS = ["samples", "steps K", "validity ↑", "perplexity under held-ou
                  "sampling time (s)"]
 
 
-def _text_plan(config, dataset):
+def _text_plan(spec: Spec, dataset):
     """(samples per row, [(sampler, K)]) of a text evaluation: the eval grid."""
-    ec = config.eval
+    ec = spec.eval
     n = min(ec.num_samples, len(dataset.train_tokens))
     return n, list(dict.fromkeys([(name, k) for name in ec.samplers for k in ec.step_counts]))
 
 
-def _text_report(config, workdir: str, dataset, generated, n: int) -> Dict[str, Any]:
+def _text_report(spec: Spec, workdir: str, dataset, generated, n: int) -> Dict[str, Any]:
     """Token samples scored by udm.metrics.text_report; writes results.md / results.json and
     samples_<sampler>_<K>.txt (decoded).
 
@@ -329,19 +332,19 @@ def _text_report(config, workdir: str, dataset, generated, n: int) -> Dict[str, 
     samples under a character 3-gram model fitted on the held-out split, distinct-1/2. The
     reference row scores as many real training sequences the same way.
     """
-    ec = config.eval
+    ec = spec.eval
     reference = metrics.fit_reference_model(dataset)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(spec.seed)
     real = dataset.train_tokens[rng.choice(len(dataset.train_tokens), n, replace=False)]
     rows = [dict(samples="real sequences", steps=None, seconds=None,
-                 **metrics.text_report(real, dataset, reference, seed=config.seed))]
+                 **metrics.text_report(real, dataset, reference, seed=spec.seed))]
     for (name, k), (samples, _, seconds) in generated.items():
-        rows.append(dict(samples=sampler_label(config, name), steps=k, seconds=seconds,
-                         **metrics.text_report(samples, dataset, reference, seed=config.seed)))
+        rows.append(dict(samples=sampler_label(spec, name), steps=k, seconds=seconds,
+                         **metrics.text_report(samples, dataset, reference, seed=spec.seed)))
         _atomic_write(os.path.join(workdir, f"samples_{name}_{k}.txt"),
                       "\n".join(dataset.decode(samples[:ec.grid_size])) + "\n")
     table = (f"Evaluation of {dataset.name} (l = {dataset.seq_len}, V = {dataset.vocab_size}) at "
-             f"training step {config.train.num_steps}: {n} samples per row; held-out 3-gram "
+             f"training step {spec.train.num_steps}: {n} samples per row; held-out 3-gram "
              f"perplexity of held-out text under a train-fitted model "
              f"{rows[0]['heldout_perplexity']:.2f}, of uniform random text "
              f"{rows[0]['random_perplexity']:.2f}.\n\n"
@@ -355,8 +358,8 @@ def _text_report(config, workdir: str, dataset, generated, n: int) -> Dict[str, 
 
 class Evaluator(NamedTuple):
     """What an evaluation does for one kind of data: which rows, and how they are scored."""
-    plan: Callable      # plan(config, dataset) -> (samples per row, [(sampler, K)])
-    report: Callable    # report(config, workdir, dataset, generated, n) -> results dict
+    plan: Callable      # plan(spec, dataset) -> (samples per row, [(sampler, K)])
+    report: Callable    # report(spec, workdir, dataset, generated, n) -> results dict
 
 
 # Chosen by the dataset (`dataset.tokens`): images or token sequences.
