@@ -19,7 +19,7 @@ from udm import checkpoint as ckpt_lib
 from udm import distributed, parallel
 from udm.data import TEXT_DATASETS, TextDataset, batch_at_step, load_dataset, load_text_dataset
 from udm import losses, variance, variance_heads
-from udm.nn import ATTENTION_SCALES, TokenDenoiser, UNet, count_params
+from udm.nn import ATTENTION_SCALES, TokenDenoiser, UNet, VarianceHead, count_params
 from udm.processes import LOSS_WEIGHTINGS, PREDICTION_TARGETS, PROCESSES, TOKEN_PROCESSES
 from udm.processes import base as process_base
 from udm.samplers import SAMPLERS, SPACINGS
@@ -466,7 +466,7 @@ def head_train_config(config: ml_collections.ConfigDict) -> ml_collections.Confi
 
 def make_variance_head(config, experiment: Experiment):
     """(head module, head_apply(head_params, features), mean_features_fn) of a config."""
-    head = variance_heads.VarianceHead(
+    head = VarianceHead(
         out_channels=experiment.dataset.train_images.shape[-1], width=config.variance.head_width)
 
     def head_apply(head_params, features):
