@@ -61,6 +61,7 @@ from configs import ddpm_digits, sde_digits  # noqa: E402
 from experiments.common import write_json  # noqa: E402
 from udm import evaluate as eval_lib  # noqa: E402
 from udm import hubness, metrics, parallel, train  # noqa: E402
+from udm.pipeline.classifier import load_or_train_classifier  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Parent of the model workdirs "
                                "(ddpm_digits/, sde_table/vp/) and of hubness_sampling/.")
@@ -490,7 +491,7 @@ def main(argv):
     # One classifier for every score: the FD-digits classifier of ddpm_digits.
     config, ddpm_workdir = _generator_config("ddim")
     dataset = train.build(config).dataset
-    classifier = metrics.load_or_train_classifier(
+    classifier = load_or_train_classifier(
         os.path.join(ddpm_workdir, "classifier"), dataset, seed=config.seed,
         num_steps=config.eval.classifier_steps)
     reference = classifier.features(dataset.test_images)

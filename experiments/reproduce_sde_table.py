@@ -27,6 +27,7 @@ from configs import sde_digits
 from experiments.common import batched, write_json
 from udm import evaluate as eval_lib
 from udm import likelihood, metrics, train
+from udm.pipeline.classifier import load_or_train_classifier
 from udm.sde import network_score_fn
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/sde_table", "Checkpoints and per-model rows.")
@@ -178,7 +179,7 @@ def main(argv):
     os.makedirs(_WORKDIR.value, exist_ok=True)
     config = _config(_SDES.value[0])
     dataset = train.build(config).dataset
-    classifier = metrics.load_or_train_classifier(
+    classifier = load_or_train_classifier(
         os.path.join(_WORKDIR.value, "classifier"), dataset, seed=config.seed,
         num_steps=config.eval.classifier_steps)
     reference = classifier.features(dataset.test_images)

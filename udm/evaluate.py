@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from udm import distributed, metrics, parallel, variance, variance_heads
 from udm.data import TextDataset
+from udm.pipeline.classifier import load_or_train_classifier
 from udm.processes import TOKEN_PROCESSES
 from udm.samplers import make_sampler, network_predictor, time_grid
 from udm.sde import SDE, network_score_fn
@@ -253,7 +254,7 @@ def evaluate(config, workdir: str, *, process, eval_apply, params, dataset, mesh
 
     classifier = reference = None
     if dataset.num_classes is not None:
-        classifier = metrics.load_or_train_classifier(
+        classifier = load_or_train_classifier(
             os.path.join(workdir, "classifier"), dataset, seed=config.seed,
             num_steps=ec.classifier_steps)
         reference = classifier.features(held_out)

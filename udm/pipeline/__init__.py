@@ -1,0 +1,1 @@
+"""Where the ConfigDict stops: build, train, sample-and-score, reports."""
