@@ -49,7 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.progress_bar = True
 
     c.sampler = ml_collections.ConfigDict()  # the sampler of samples.png
-    c.sampler.name = "ddim"          # "ddpm", "ddim" or "baseline"
+    c.sampler.name = "ddim"          # a udm.sampling.SAMPLERS name the process supports
     c.sampler.num_steps = 50         # K network calls, in [1, T]
     c.sampler.eta = 0.0              # DDIM noise scale (ddim only); 1 = DDPM's variance
     c.sampler.spacing = "uniform"    # sub-sequence of {1..T}: "uniform" or "quadratic"
@@ -61,8 +61,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler.clip_pixel = 2.0       # non-fixed_small: the step into x_{tau_1} has mean |noise|
                                      # <= clip_pixel levels of 2/255 (0: off); last step mean-only
     c.sampler.clip_sigma_idx = 1     # pixel clip on the steps into x_{tau_i}, 0 < i <= this
-    # Continuous-time samplers (udm.sde_samplers): "em", "pc", "ode_euler", "ode_heun",
-    # "ode_ddim", "ode_adaptive"; their hyperparameters:
+    # SDE processes also sample with "em", "pc", "ode_euler", "ode_heun", "ode_ddim",
+    # "ode_adaptive" (udm.sampling: one registry); their hyperparameters:
     c.sampler.noise_scale = 1.0      # em: sigma_t = noise_scale g_t (0: probability-flow Euler)
     c.sampler.snr = 0.16             # pc: Langevin corrector signal-to-noise ratio
     c.sampler.corrector_steps = 1    # pc

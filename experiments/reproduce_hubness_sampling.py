@@ -61,6 +61,7 @@ from configs import ddpm_digits, sde_digits  # noqa: E402
 from experiments.common import write_json  # noqa: E402
 from udm import hubness, metrics, parallel  # noqa: E402
 from udm.pipeline import evaluate as eval_lib  # noqa: E402
+from udm.pipeline.classifier import load_or_train_classifier  # noqa: E402
 from udm.pipeline import spec as spec_lib  # noqa: E402
 from udm.pipeline import train  # noqa: E402
 
@@ -492,7 +493,7 @@ def main(argv):
     # One classifier for every score: the FD-digits classifier of ddpm_digits.
     spec, ddpm_workdir = _generator_spec("ddim")
     dataset = train.build(spec).dataset
-    classifier = metrics.load_or_train_classifier(
+    classifier = load_or_train_classifier(
         os.path.join(ddpm_workdir, "classifier"), dataset, seed=spec.seed,
         num_steps=spec.eval.classifier_steps)
     reference = classifier.features(dataset.test_images)

@@ -27,6 +27,7 @@ from configs import sde_digits
 from experiments.common import batched, write_json
 from udm import likelihood, metrics
 from udm.pipeline import evaluate as eval_lib
+from udm.pipeline.classifier import load_or_train_classifier
 from udm.pipeline import spec as spec_lib
 from udm.pipeline import train
 from udm.processes.sde import network_score_fn
@@ -180,7 +181,7 @@ def main(argv):
     os.makedirs(_WORKDIR.value, exist_ok=True)
     spec = _spec(_SDES.value[0])
     dataset = train.build(spec).dataset
-    classifier = metrics.load_or_train_classifier(
+    classifier = load_or_train_classifier(
         os.path.join(_WORKDIR.value, "classifier"), dataset, seed=spec.seed,
         num_steps=spec.eval.classifier_steps)
     reference = classifier.features(dataset.test_images)

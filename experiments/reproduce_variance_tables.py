@@ -36,6 +36,7 @@ from configs import ddpm_digits  # noqa: E402
 from experiments.common import batched, write_json  # noqa: E402
 from udm import likelihood, metrics, variance, variance_heads  # noqa: E402
 from udm.pipeline import evaluate as eval_lib  # noqa: E402
+from udm.pipeline.classifier import load_or_train_classifier  # noqa: E402
 from udm.pipeline import spec as spec_lib  # noqa: E402
 from udm.pipeline import train  # noqa: E402
 from udm.sampling import network_predictor, time_grid  # noqa: E402
@@ -239,7 +240,7 @@ def main(argv):
     models = Models(workdir)
     exp = models.exp
     dataset = exp.dataset
-    classifier = metrics.load_or_train_classifier(
+    classifier = load_or_train_classifier(
         os.path.join(workdir, "classifier"), dataset, seed=0,
         num_steps=_spec().eval.classifier_steps)
     reference = classifier.features(dataset.test_images)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from udm.entropy import (ENTROPY_SCHEDULES, entropy, entropy_normalize, entropy_schedule,
-                         newton_trace, sample_with_entropy)
+from udm.entropy import entropy, entropy_normalize, newton_trace, sample_with_entropy
 
 
 def _entropy64(p):
@@ -260,16 +259,3 @@ def test_sample_with_entropy_frequencies():
     assert chi2 < 24.3, chi2
     masked = sample_with_entropy(logits, target, where=logits > 0.4, key=jax.random.PRNGKey(8))
     assert logits[masked] > 0.4
-
-
-def test_entropy_schedule():
-    t = jnp.arange(1, 11)
-    linear = entropy_schedule("linear", t, 10, start=3.0, end=0.5)
-    assert np.isclose(linear[-1], 3.0) and np.isclose(linear[0], 0.5)
-    assert np.all(np.diff(linear) > 0)
-    np.testing.assert_array_equal(entropy_schedule("constant", t, 10, start=2.0), 2.0)
-    assert set(ENTROPY_SCHEDULES.names()) >= {"constant", "linear"}
-    with pytest.raises(ValueError, match="valid names: constant, linear"):
-        entropy_schedule("cosine", t, 10, start=1.0, end=0.0)
-    with pytest.raises(ValueError, match="needs `end`"):
-        entropy_schedule("linear", t, 10, start=1.0)

@@ -7,10 +7,11 @@ import pytest
 import scipy.linalg
 
 from udm.data import load_dataset
-from udm.metrics import classifier as classifier_lib
 from udm.metrics import (class_statistics, frechet_distance, frechet_distance_from_stats, gaussian_stats,
-                         image_grid, load_classifier, load_or_train_classifier, memorisation_report,
-                         nearest_neighbour_distances, save_image_grid, train_classifier)
+                         image_grid, load_classifier, memorisation_report, nearest_neighbour_distances,
+                         save_image_grid)
+from udm.pipeline import classifier as classifier_lib
+from udm.pipeline.classifier import load_or_train_classifier, train_classifier
 
 
 def _closed_form_fd(mu1, s1, mu2, s2):

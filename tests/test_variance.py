@@ -159,7 +159,7 @@ def test_sharded_monte_carlo_equals_unsharded(impl):
         for a, b in zip(plain, sharded):
             np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5)
     # The program really splits the batch: the per-batch sums are cross-device reductions.
-    lowered = variance._monte_carlo_jit.lower(
+    lowered = variance.moments._monte_carlo_jit.lower(
         p, MIXTURE_EPS, EXACT, jnp.asarray(data), jnp.asarray(timesteps), kw["key"],
         statistic="gamma", diagonal=False, num_samples=1024, batch_size=256, mesh=mesh)
     assert "all-reduce" in lowered.compile().as_text()
@@ -261,7 +261,7 @@ def test_sampling_clips_and_their_sigma_bar_table():
         assert clipped[-1] == 0 and cap < var[-2]
         np.testing.assert_allclose(clipped[-2], cap, rtol=1e-6)
         np.testing.assert_array_equal(clipped[:-2], var[:-2])
-        table = variance.sigma_bar_for_sampling(p, sigma_bar, grid, eta=eta, clip_pixel=2)
+        table = jnp.minimum(sigma_bar, variance.std_cap(p, grid, eta=eta, clip_pixel=2))
         realised = np.asarray(variance.corrected_reverse_var(p, grid, table, eta=eta))
         sigma_sq, _ = variance.step_coefficients(p, grid, eta)
         # Exact where the clipped value is reachable (>= sigma_s^2): all of eta = 0.

@@ -12,8 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from udm.registry import Registry
-
 Array = jax.Array
 
 # Largest / smallest overall exponent: keeps gamma * log p finite in float32 even when a target
@@ -23,8 +21,6 @@ _EXPONENT_BOUND = 1e8
 _DENOMINATOR_MAX = -1e-12
 # Rows of `probs` must sum to one within this.
 _SUM_TOLERANCE = 1e-4
-
-ENTROPY_SCHEDULES = Registry("entropy schedule")
 
 
 class EntropyNormalized(NamedTuple):
@@ -426,41 +422,3 @@ def sample_with_entropy(logits: Array, target_entropy, *, axis: int = -1,
     """
     normalized = entropy_normalize(target_entropy, logits=logits, where=where, axis=axis)
     return jax.random.categorical(key, normalized.log_probs, axis=axis)
-
-
-@ENTROPY_SCHEDULES.register("constant")
-def _constant(t: Array, num_timesteps: int, start: float, end: Optional[float]) -> Array:
-    if end is not None and end != start:
-        raise ValueError(f"the constant entropy schedule takes one value; got start={start}, "
-                         f"end={end}")
-    return jnp.full(jnp.shape(t), start, jnp.float32)
-
-
-@ENTROPY_SCHEDULES.register("linear")
-def _linear(t: Array, num_timesteps: int, start: float, end: Optional[float]) -> Array:
-    if end is None:
-        raise ValueError("the linear entropy schedule needs `end`")
-    fraction = (jnp.asarray(t, jnp.float32) - 1.0) / max(num_timesteps - 1, 1)
-    return end + (start - end) * fraction
-
-
-def entropy_schedule(name: str, t: Array, num_timesteps: int, *, start: float,
-                     end: Optional[float] = None) -> Array:
-    """Target entropy H*(t) for sampling step t of a discrete diffusion, looked up by name.
-
-        constant:  H*(t) = start
-        linear:    H*(t) = end + (start - end) (t - 1) / (T - 1)    (start at t = T, end at t = 1)
-
-    Args:
-        name: a registered schedule ("constant", "linear").
-        t: [...] diffusion times in 1..T (int or float).
-        num_timesteps: T.
-        start: H* at t = T, in nats.
-        end: H* at t = 1 (required for "linear"; "constant" takes none or `start`).
-
-    Returns:
-        [...] float32 target entropies.
-    """
-    if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
-    return ENTROPY_SCHEDULES.get(name)(t, num_timesteps, start, end)

@@ -415,7 +415,7 @@ def variational_bound(alpha_bar: Array, beta_bar: Array, x0_fn: Callable, x0: Ar
         alpha_bar: float32 [K + 1] signal coefficients of q(x_i|x_0); alpha_bar[0] = 1.
         beta_bar: float32 [K + 1] noise stds; beta_bar[0] = 0 (index 0 is the data).
         x0_fn: `x0_fn(x_i [B, ...], i int32 scalar) -> x0_hat [B, ...]` for i >= 1, or an
-            `udm.samplers.Estimate(x0_hat, std)`: then p(x_{i-1}|x_i) has the (diagonal,
+            `udm.sampling.Estimate(x0_hat, std)`: then p(x_{i-1}|x_i) has the (diagonal,
             state-dependent) variance sigma_tilde_i^2 + c_0^2 std^2 and the decoder std^2,
             as the DDPM sampler with that estimate (NPR-DPM / SN-DPM); reverse_var must be None.
         x0: [B, ...] data (on the grid of `num_levels` values for the discretised decoder).

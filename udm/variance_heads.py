@@ -1,7 +1,8 @@
 """NPR-DPM and SN-DPM: state-dependent diagonal reverse variances (spec 04 §3.4-3.7).
 
-A small convolutional head sits on the last features of the frozen mean network (the UNet's
-`return_features`) and is trained in a second stage, the mean model untouched (spec 04 §3.7):
+A small convolutional head (`udm.nn.VarianceHead`) sits on the last features of the frozen mean
+network (the UNet's `return_features`) and is trained in a second stage, the mean model
+untouched (spec 04 §3.7):
 
     NPR (V7): g = argmin E || (eps - eps_theta(x_t, t))^2 - g(x_t, t) ||^2,
               sigma_bar_t^2(x_t) = (beta_bar_t^2 / alpha_bar_t^2) g(x_t, t);
@@ -16,7 +17,6 @@ Source: Bao et al., arXiv 2206.07309 (ICML 2022); kexue.fm/archives/9246.
 """
 from typing import Any, Callable, NamedTuple, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -30,23 +30,6 @@ def check_kind(kind: str) -> str:
     if kind not in HEAD_KINDS:
         raise ValueError(f"variance head kind must be one of {', '.join(HEAD_KINDS)}, got {kind!r}")
     return kind
-
-
-class VarianceHead(nn.Module):
-    """conv3x3 -> swish -> zero-initialised conv3x3 on the mean network's last features.
-
-    Attributes:
-        out_channels: channels of the data (one variance per coordinate).
-        width: hidden width.
-    """
-    out_channels: int
-    width: int = 32
-
-    @nn.compact
-    def __call__(self, features: Array) -> Array:
-        """[B, H, W, C_features] -> [B, H, W, out_channels] (exactly 0 at initialisation)."""
-        h = nn.swish(nn.Conv(self.width, (3, 3))(features))
-        return nn.Conv(self.out_channels, (3, 3), kernel_init=nn.initializers.zeros)(h)
 
 
 def mean_features_fn(process, model) -> Callable:

@@ -143,13 +143,6 @@ ARITHMETIC_NUM_EQUATIONS = 100 * 100  # one per ordered pair of operands
 _EQUATION = re.compile(r"([0-9]{2})\+([0-9]{2})=([0-9]{3})")
 
 
-def equation_string(a: int, b: int) -> str:
-    """The equation "ab+cd=efg" for a + b, with a, b in [0, 99]."""
-    if not (0 <= a <= 99 and 0 <= b <= 99):
-        raise ValueError(f"operands must be in [0, 99], got {a} and {b}")
-    return f"{a:02d}+{b:02d}={a + b:03d}"
-
-
 def is_valid_equation(string: str) -> bool:
     """True exactly when `string` is "ab+cd=efg" (2, 2 and 3 ASCII digits) and ab + cd == efg."""
     if not isinstance(string, str):

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from udm import distributed, metrics, parallel, sampling, variance, variance_heads
 from udm.sampling import make_sampler, network_predictor, time_grid
+from udm.pipeline.classifier import load_or_train_classifier
 from udm.pipeline.spec import Spec
 from udm.variance_heads import HeadModel
 
@@ -265,7 +266,7 @@ def _image_report(spec: Spec, workdir: str, dataset, generated, n: int) -> Dict[
 
     classifier = reference = None
     if dataset.num_classes is not None:
-        classifier = metrics.load_or_train_classifier(
+        classifier = load_or_train_classifier(
             os.path.join(workdir, "classifier"), dataset, seed=spec.seed,
             num_steps=ec.classifier_steps)
         reference = classifier.features(held_out)

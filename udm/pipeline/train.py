@@ -19,7 +19,7 @@ from udm import checkpoint as ckpt_lib
 from udm import distributed, parallel
 from udm.data import TEXT_DATASETS, batch_at_step, load_dataset, load_text_dataset
 from udm import losses, variance_heads
-from udm.nn import TokenDenoiser, UNet, count_params
+from udm.nn import TokenDenoiser, UNet, VarianceHead, count_params
 from udm.processes import base as process_base
 from udm.pipeline import evaluate as eval_lib
 from udm.pipeline.spec import Spec, TrainSpec, head_train_spec, make_process
@@ -319,7 +319,7 @@ def train(spec: Spec, workdir: str, *,
 
 def make_variance_head(spec: Spec, experiment: Experiment):
     """(head module, head_apply(head_params, features), mean_features_fn) of a spec."""
-    head = variance_heads.VarianceHead(
+    head = VarianceHead(
         out_channels=experiment.dataset.train_images.shape[-1], width=spec.variance.head_width)
 
     def head_apply(head_params, features):

@@ -31,7 +31,7 @@ PROCESSES.register("encoding")(encoding)
 
 @PROCESSES.register("sde")
 def _sde(sde: str = "vp", **hyperparameters):
-    """A continuous-time SDE (udm.sde), e.g. config.process = {name: "sde", sde: "ve"}."""
+    """A continuous-time SDE (udm.processes.sde), e.g. config.process = {name: "sde", sde: "ve"}."""
     return get_sde(sde, **hyperparameters)
 
 

@@ -1,180 +1,16 @@
-"""Optimal reverse variances: Analytic-DPM (spec 04 §2) and the ML estimates of §3.3.
-
-Blog notation: x_t = alpha_bar_t x_0 + beta_bar_t eps. A reverse step t -> s of the DDIM family
-(spec 04 §2.1) with the point estimate x0_hat replaced by p(x_0|x_t) ~ N(mu_bar(x_t),
-sigma_bar_t^2 I) has the same mean and the variance
-
-    sigma_s^2 + gamma_{t,s}^2 sigma_bar_t^2,
-    gamma_{t,s} = alpha_bar_s - alpha_bar_t sqrt(beta_bar_s^2 - sigma_s^2) / beta_bar_t   (V1)
-
-on any sub-sequence (sigma_s = eta * the DDPM value recomputed on the step, spec 02 §2.4).
-sigma_bar_t depends on t only, so a [T + 1] array of it serves every grid: it is the
-`sigma_bar` hook of `udm.samplers.make_sampler` (which adds N(0, sigma_bar_t^2) to x0_hat,
-realising exactly (V1) because x0_hat enters x_s with the coefficient gamma_{t,s}).
-
-Estimates of sigma_bar_t^2 from an eps predictor `eps_fn(params, x_t [B, ...], t) -> [B, ...]`,
-by Monte Carlo over training data (x_t = alpha_bar_t x_0 + beta_bar_t eps):
-  analytic (V3):      (beta_bar_t^2 / alpha_bar_t^2) (1 - Gamma_t),  Gamma_t = E||eps_theta||^2/d;
-  ML isotropic (V5):  (beta_bar_t^2 / alpha_bar_t^2) E||eps - eps_theta||^2 / d;
-and their diagonal forms (V4, V6). All are clipped into [0, min(beta_bar_t^2 / alpha_bar_t^2,
-max_var)] (spec 04 §2.3, §2.5 step 2), max_var = ((b - a)/2)^2 for data in [a, b].
-Sources: Bao et al. arXiv 2201.06503 and 2206.07309; kexue.fm/archives/9245, 9246.
-"""
+"""The reverse variance of each step: sigma_bar_t from the moments, the corrected step variances,
+their sampling-time clips and std caps, the VARIANCES registry and `sampling_sigma_bar`."""
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from udm import parallel
 from udm.registry import Registry
+from udm.variance.moments import EpsFn, estimate_eps_mse, estimate_gamma
 
 Array = Any
-# `eps_fn(params, x_t [B, ...], t int32 scalar) -> eps_hat [B, ...]`.
-EpsFn = Callable[[Any, Array, Array], Array]
-
-
-def eps_fn_from_x0_predictor(process, predictor: Callable) -> EpsFn:
-    """Turns an x_0 predictor into an eps predictor: eps = (x_t - alpha_bar_t x0_hat) / beta_bar_t.
-
-    Args:
-        process: a GaussianProcess (alpha_bar, beta_bar [T + 1]).
-        predictor: `(params, x_t [B, ...], t) -> x0_hat [B, ...]`, e.g. an oracle of udm.oracles.
-
-    Returns:
-        `eps_fn(params, x_t [B, ...], t) -> [B, ...]`, valid for t >= 1.
-    """
-    def eps_fn(params, xt, t):
-        return process.invert(t, predictor(params, xt, t), xt)
-
-    return eps_fn
-
-
-# --- Monte Carlo moments of the eps predictor over the data ---------------------------------
-
-def _statistic(name: str, eps: Array, eps_hat: Array, diagonal: bool) -> Array:
-    """Per-example statistic: eps_hat^2 ("gamma") or (eps - eps_hat)^2 ("mse"), [B] or [B, ...]."""
-    value = eps_hat ** 2 if name == "gamma" else (eps - eps_hat) ** 2
-    if diagonal:
-        return value
-    return jnp.mean(value.reshape(value.shape[0], -1), axis=1)
-
-
-def _monte_carlo(process, eps_fn, params, data, timesteps, key, *, statistic, diagonal,
-                 num_samples, batch_size, mesh):
-    """Mean and standard error over (x_0, eps) of a statistic, for every t: ([n, ...], [n, ...]).
-
-    With a mesh each batch is split over its devices (the draws do not depend on it); the sums
-    over the batch become cross-device reductions.
-    """
-    def split_batch(x):
-        if mesh is None:
-            return x
-        return jax.lax.with_sharding_constraint(x, parallel.batch_sharded(mesh))
-
-    num_data = data.shape[0]
-    num_batches = num_samples // batch_size
-    stat_shape = data.shape[1:] if diagonal else ()
-
-    def per_t(t):
-        t_key = jax.random.fold_in(key, t)
-
-        def body(carry, b):
-            total, total_sq = carry
-            index_key, eps_key = jax.random.split(jax.random.fold_in(t_key, b))
-            index = jax.random.randint(index_key, (batch_size,), 0, num_data)
-            x0 = split_batch(data[index].astype(jnp.float32))
-            eps = split_batch(jax.random.normal(eps_key, x0.shape, jnp.float32))
-            xt = process.forward(t, x0, eps)
-            stat = _statistic(statistic, eps, eps_fn(params, xt, t).astype(jnp.float32),
-                              diagonal)
-            return (total + jnp.sum(stat, axis=0), total_sq + jnp.sum(stat ** 2, axis=0)), None
-
-        zeros = jnp.zeros(stat_shape, jnp.float32)
-        (total, total_sq), _ = jax.lax.scan(body, (zeros, zeros),
-                                            jnp.arange(num_batches, dtype=jnp.int32))
-        mean = total / num_samples
-        var = jnp.maximum(total_sq / num_samples - mean ** 2, 0.0)
-        return mean, jnp.sqrt(var / max(num_samples - 1, 1))
-
-    return jax.lax.map(per_t, timesteps)
-
-
-_monte_carlo_jit = jax.jit(_monte_carlo, static_argnames=(
-    "eps_fn", "statistic", "diagonal", "num_samples", "batch_size", "mesh"))
-
-
-def _run_monte_carlo(statistic, process, eps_fn, params, data, timesteps, *, key, num_samples,
-                     batch_size, diagonal, return_stderr, mesh):
-    if num_samples < 1 or batch_size < 1 or num_samples % batch_size:
-        raise ValueError(f"num_samples must be a positive multiple of batch_size, got "
-                         f"num_samples={num_samples}, batch_size={batch_size}")
-    if mesh is not None:
-        parallel.check_divisible(batch_size, mesh, "batch_size")
-        # Every process holds the whole data set; a global replicated copy for the program.
-        data = parallel.replicate(np.asarray(data), mesh)
-    timesteps = jnp.asarray(timesteps, jnp.int32)
-    if timesteps.ndim != 1:
-        raise ValueError(f"timesteps must be 1-D, got shape {timesteps.shape}")
-    t_np = np.asarray(timesteps)
-    if t_np.size and (t_np.min() < 1 or t_np.max() > process.num_timesteps):
-        raise ValueError(f"timesteps must lie in [1, T={process.num_timesteps}], got "
-                         f"[{t_np.min()}, {t_np.max()}]")
-    mean, stderr = _monte_carlo_jit(process, eps_fn, params, jnp.asarray(data), timesteps, key,
-                                    statistic=statistic, diagonal=diagonal,
-                                    num_samples=num_samples, batch_size=batch_size, mesh=mesh)
-    return (mean, stderr) if return_stderr else mean
-
-
-def estimate_gamma(process, eps_fn: EpsFn, params, data: Array, timesteps: Array, *, key,
-                   num_samples: int, batch_size: int, diagonal: bool = False,
-                   return_stderr: bool = False, mesh: Optional[Mesh] = None):
-    """Monte Carlo Gamma_t = E_{x_t ~ p(x_t)} ||eps_theta(x_t, t)||^2 / d for each t (spec 04 §2.5).
-
-        Gamma_t ~ (1/N) sum_n ||eps_theta(alpha_bar_t x_0^n + beta_bar_t eps^n, t)||^2 / d,
-        x_0^n drawn uniformly from `data`, eps^n ~ N(0, I)   (diagonal: eps_theta^2, for V4).
-
-    One jitted program: `lax.map` over t, `lax.scan` over batches (eps_fn is traced once).
-
-    Args:
-        process: GaussianProcess (alpha_bar, beta_bar [T + 1]).
-        eps_fn: `(params, x_t [B, ...], t int32 scalar) -> [B, ...]`.
-        params: passed to eps_fn.
-        data: [N, ...] training examples, sampled with replacement.
-        timesteps: int [n], each in [1, T].
-        key: PRNG key (t's draws use fold_in(key, t)).
-        num_samples: examples per t, a multiple of batch_size (author: 160).
-        batch_size: B, examples per eps_fn call.
-        diagonal: return the per-coordinate E[eps_theta^2] [n, ...] instead.
-        return_stderr: also return the Monte Carlo standard errors.
-        mesh: a data mesh (`udm.parallel.data_mesh`, all processes' devices): each batch of B
-            is split over its devices (B must be a multiple of the device count) and `params`
-            must be replicated on it. The estimate equals the unsharded one up to float
-            summation order (tested with threefry and rbg keys).
-
-    Returns:
-        float32 [n] (or [n, ...]); with return_stderr, (gamma, stderr).
-    """
-    return _run_monte_carlo("gamma", process, eps_fn, params, data, timesteps, key=key,
-                            num_samples=num_samples, batch_size=batch_size, diagonal=diagonal,
-                            return_stderr=return_stderr, mesh=mesh)
-
-
-def estimate_eps_mse(process, eps_fn: EpsFn, params, data: Array, timesteps: Array, *, key,
-                     num_samples: int, batch_size: int, diagonal: bool = False,
-                     return_stderr: bool = False, mesh: Optional[Mesh] = None):
-    """Monte Carlo E||eps - eps_theta(x_t, t)||^2 / d for each t, the per-t eps loss (spec 04 §3.3).
-
-        mse_t ~ (1/N) sum_n ||eps^n - eps_theta(alpha_bar_t x_0^n + beta_bar_t eps^n, t)||^2 / d
-        (diagonal: the per-coordinate mean of (eps - eps_theta)^2, for V6).
-
-    Args and Returns: as `estimate_gamma`.
-    """
-    return _run_monte_carlo("mse", process, eps_fn, params, data, timesteps, key=key,
-                            num_samples=num_samples, batch_size=batch_size, diagonal=diagonal,
-                            return_stderr=return_stderr, mesh=mesh)
 
 
 # --- sigma_bar_t^2 = Var[x_0 | x_t] from the moments ----------------------------------------
@@ -318,7 +154,7 @@ def step_coefficients(process, grid: Array, eta: float):
 
     Args:
         process: GaussianProcess.
-        grid: int [K, 2] rows (t, s), from `udm.samplers.time_grid`.
+        grid: int [K, 2] rows (t, s), from `udm.sampling.time_grid`.
         eta: 1 for DDPM (Analytic-DDPM), 0 for DDIM (Analytic-DDIM).
 
     Returns:
@@ -406,7 +242,7 @@ def std_cap(process, grid: Array, *, eta: float, clip_pixel: Optional[float] = N
     since the step variance sigma_s^2 + gamma^2 std^2 <= clip_var iff std <= cap. For eta > 0 a
     clip below the DDPM sigma_s^2 cannot be reached by adding noise to x0_hat: the step then
     keeps sigma_s^2. Works for a [T + 1] table and for state-dependent stds alike (the
-    `std_cap` argument of `udm.samplers.make_sampler`).
+    `std_cap` argument of `udm.sampling.make_sampler`).
 
     Args:
         process: GaussianProcess.
@@ -425,67 +261,6 @@ def std_cap(process, grid: Array, *, eta: float, clip_pixel: Optional[float] = N
                     jnp.sqrt(jnp.maximum(clipped - sigma_sq, 0.0)) / gamma)
     table = jnp.full((process.num_timesteps + 1,), jnp.inf, jnp.float32)
     return table.at[jnp.asarray(grid)[:, 0]].set(cap)
-
-
-def sigma_bar_for_sampling(process, sigma_bar: Array, grid: Array, *, eta: float,
-                           clip_pixel: Optional[float] = None, clip_sigma_idx: int = 1,
-                           noise_free_last: bool = True) -> Array:
-    """A [T + 1] sigma_bar table whose make_sampler steps carry the `sampling_clip` variances.
-
-        sigma_bar_t' = min(sigma_bar_t, std_cap_t),
-
-    i.e. var' = sampling_clip(sigma_s^2 + gamma_{t,s}^2 sigma_bar_t^2) wherever var' >= sigma_s^2
-    (always for eta = 0 and for the final step; see `std_cap`).
-
-    Args:
-        process: GaussianProcess.
-        sigma_bar: [T + 1] std table.
-        grid: int [K, 2] rows (t, s), the sampler's grid.
-        eta: the sampler's eta (1 for "ddpm").
-        clip_pixel, clip_sigma_idx, noise_free_last: as `sampling_clip`.
-
-    Returns:
-        float32 [T + 1].
-    """
-    cap = std_cap(process, grid, eta=eta, clip_pixel=clip_pixel, clip_sigma_idx=clip_sigma_idx,
-                  noise_free_last=noise_free_last)
-    times = jnp.asarray(grid)[:, 0]
-    return jnp.asarray(sigma_bar, jnp.float32).at[times].set(
-        jnp.minimum(jnp.asarray(sigma_bar, jnp.float32)[times], cap[times]))
-
-
-# --- the chain of a grid, for likelihood.variational_bound ---------------------------------
-
-def chain_from_grid(process, grid: Array):
-    """The K-step chain of a grid: index i is time tau_i, index 0 the data (spec 02 §2.4).
-
-        alpha_bar_chain[i] = alpha_bar_{tau_i},  beta_bar_chain[i] = beta_bar_{tau_i},  tau_0 = 0.
-
-    Args:
-        process: GaussianProcess.
-        grid: int [K, 2] rows (t, s) from `time_grid`.
-
-    Returns:
-        (alpha_bar [K + 1], beta_bar [K + 1], times int32 [K + 1]).
-    """
-    grid = jnp.asarray(grid, jnp.int32)
-    times = jnp.concatenate([jnp.zeros((1,), jnp.int32), grid[::-1, 0]])
-    return process.alpha_bar[times], process.beta_bar[times], times
-
-
-def chain_reverse_var(step_var: Array) -> Array:
-    """Reorders [K] grid-order step variances into the [K + 1] `reverse_var` of the chain.
-
-        reverse_var[i] = var_{tau_i -> tau_{i-1}},  reverse_var[0] = 1 (unused).
-
-    Args:
-        step_var: [K] in grid order (top step first), every entry > 0.
-
-    Returns:
-        float32 [K + 1] for `likelihood.variational_bound(..., reverse_var=...)`.
-    """
-    step_var = jnp.asarray(step_var, jnp.float32)
-    return jnp.concatenate([jnp.ones((1,), jnp.float32), step_var[::-1]])
 
 
 # --- the registry of choices -----------------------------------------------------------------
@@ -632,89 +407,3 @@ def sampling_sigma_bar(name: str, process, grid: Array, *, eta: float,
     std = jnp.sqrt(jnp.maximum(var - sigma_sq, 0.0)) / gamma
     table = jnp.full((process.num_timesteps + 1,), jnp.nan, jnp.float32).at[0].set(0.0)
     return table.at[jnp.asarray(grid)[:, 0]].set(std)
-
-
-# --- the optimal trajectory (Analytic-DPM §4) ------------------------------------------------
-
-def trajectory_costs(process, sigma_bar_sq: Array, *, bin_width: Optional[float] = None):
-    """Per-dimension bound terms of every possible step, for `optimal_trajectory`.
-
-        cost[s, t] = 1/2 log((lambda^2 + gamma^2 sigma_bar_t^2) / lambda^2),  1 <= s < t,
-
-    the expected KL term of a step t -> s with the DDPM kernel (eta = 1, posterior variance
-    lambda^2, x_0 coefficient gamma) and the optimal variance, for a perfect mean (Bao et al.,
-    arXiv 2201.06503, §4); and the decoder term of the last step t -> 0,
-
-        decoder[t] = 1/2 log(2 pi e sigma_bar_t^2)       (a Gaussian decoder, continuous data),
-        decoder[t] = max(0, that - log(bin_width))       (a discretised decoder: a probability
-                                                          <= 1, about density x bin width).
-
-    sigma_bar_sq is first made non-decreasing in t (its running maximum), as the true
-    E Var[x_0 | x_t] is.
-
-    Args:
-        process: GaussianProcess.
-        sigma_bar_sq: [T + 1] sigma_bar_t^2 for every t = 1..T (index 0 unused).
-        bin_width: the data's bin width (2 / (L - 1) for L levels on [-1, 1]), or None.
-
-    Returns:
-        (cost float64 [T + 1, T + 1] with inf where s = 0 or s >= t, decoder float64 [T + 1]).
-    """
-    sb2 = np.asarray(sigma_bar_sq, np.float64)
-    if sb2.shape != (process.num_timesteps + 1,) or np.any(np.isnan(sb2[1:])):
-        raise ValueError(f"sigma_bar_sq must be [T + 1] = [{process.num_timesteps + 1}] and "
-                         f"known for every t >= 1 (estimate Gamma_t on all of 1..T)")
-    # E Var[x_0 | x_t] cannot decrease with t (x_t is a noisier copy of x_s, s < t); a Monte
-    # Carlo estimate can (Gamma_t > 1 from noise or bias clips sigma_bar_t^2 to 0), and a zero
-    # would make the jump into t free. The running maximum restores the order.
-    sb2 = np.concatenate([sb2[:1], np.maximum.accumulate(sb2[1:])])
-    ab = np.asarray(process.alpha_bar, np.float64)
-    bb = np.asarray(process.beta_bar, np.float64)
-    s, t = np.meshgrid(np.arange(ab.size), np.arange(ab.size), indexing="ij")
-    valid = (s >= 1) & (s < t)
-    s, t = np.where(valid, s, 1), np.where(valid, t, 2)  # dummy pair where invalid
-    lam2 = bb[s] ** 2 * (1.0 - (ab[t] / ab[s]) ** 2) / bb[t] ** 2
-    gamma = ab[s] - ab[t] * np.sqrt(np.maximum(bb[s] ** 2 - lam2, 0.0)) / bb[t]
-    cost = np.where(valid, 0.5 * np.log1p(gamma ** 2 * sb2[t] / lam2), np.inf)
-    with np.errstate(divide="ignore"):
-        decoder = 0.5 * np.log(2.0 * np.pi * np.e * sb2)
-    if bin_width is not None:
-        decoder = np.maximum(decoder - np.log(bin_width), 0.0)
-    decoder[0] = np.inf
-    return cost, decoder
-
-
-def optimal_trajectory(process, sigma_bar_sq: Array, num_steps: int, *,
-                       bin_width: Optional[float] = None) -> np.ndarray:
-    """The K-step sub-sequence minimising the bound's terms by dynamic programming (Analytic-DPM §4).
-
-        J(tau) = decoder[tau_1] + sum_{k=2..K} cost[tau_{k-1}, tau_k],  tau_K = T,
-
-    with the terms of `trajectory_costs`; D_k(t) = min_s cost[s, t] + D_{k-1}(s) over the
-    T + 1 states, O(K T^2) in numpy (a few seconds for T = K = 1000). The prior term is the same
-    for every trajectory (tau_K = T).
-
-    Args:
-        process: GaussianProcess.
-        sigma_bar_sq: [T + 1] sigma_bar_t^2 for every t (e.g. analytic_sigma_bar_sq on 1..T).
-        num_steps: K in [1, T].
-        bin_width: see `trajectory_costs`.
-
-    Returns:
-        int32 [K] increasing times tau_1 < ... < tau_K = T, for `time_grid(..., spacing=tau)`.
-    """
-    T = process.num_timesteps
-    if not 1 <= num_steps <= T:
-        raise ValueError(f"num_steps must be in [1, T={T}], got {num_steps}")
-    cost, best = trajectory_costs(process, sigma_bar_sq, bin_width=bin_width)
-    if num_steps == T:
-        return np.arange(1, T + 1, dtype=np.int32)
-    parents = []
-    for _ in range(num_steps - 1):
-        total = cost + best[:, None]                   # [s, t]: go t -> s, then s -> 0
-        parents.append(np.argmin(total, axis=0))
-        best = total[parents[-1], np.arange(T + 1)]
-    tau = [T]
-    for parent in reversed(parents):
-        tau.append(int(parent[tau[-1]]))
-    return np.asarray(tau[::-1], np.int32)
