@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.attention_resolutions = (4,)  # self-attention at these feature-map sizes (+ middle)
     c.model.num_heads = 1
     # Logit scale of self-attention: "standard" 1/sqrt(d), "entropy_invariant" log_512(n)/sqrt(d),
-    # "power" (log n / log 512)^0.5 / sqrt(d), "ssmax", "entropy_normalized" (spec 05).
+    # "power" (log n / log 512)^0.5 / sqrt(d), "ssmax", "entropy_normalized" (docs/entropy_attention.md).
     c.model.attention_scale = "standard"
     c.model.dropout = 0.0
     c.model.num_groups = 8           # GroupNorm groups
@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler.eta = 0.0              # DDIM noise scale (ddim only); 1 = DDPM's variance
     c.sampler.spacing = "uniform"    # sub-sequence of {1..T}: "uniform" or "quadratic"
     c.sampler.clip_x0 = True         # clip each x_0 estimate to the data range [-1, 1]
-    # Reverse variance of each ddpm/ddim step (spec 04): "fixed_small" (DDPM's posterior
+    # Reverse variance of each ddpm/ddim step (docs/optimal_variance.md): "fixed_small" (DDPM's posterior
     # variance, eta-scaled: the plain sampler), "fixed_large" (1 - alpha_bar_t^2/alpha_bar_s^2),
     # "analytic" (Analytic-DPM), "ml_isotropic" (V5), "npr" / "sn" (need config.variance.head).
     c.sampler.variance = "fixed_small"

@@ -1,4 +1,4 @@
-"""Cold diffusion (spec 01 B2) on the 8x8 digits: repeated Gaussian blur, an x_0-predicting UNet
+"""Cold diffusion (docs/processes.md B2) on the 8x8 digits: repeated Gaussian blur, an x_0-predicting UNet
 trained with the l1 loss, sampled with the naive (B2.1, "baseline") and improved (B2.2,
 "improved") designs of the one scan sampler.
 

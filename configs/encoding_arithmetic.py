@@ -1,4 +1,4 @@
-"""The encoding model (spec 01 B5) on the arithmetic text data (configs/token_base.py); `:smoke` runs in seconds.
+"""The encoding model (docs/processes.md B5) on the arithmetic text data (configs/token_base.py); `:smoke` runs in seconds.
 
   python -m experiments.main --config=configs/encoding_arithmetic.py --workdir=workdir/encoding_arithmetic
 """

@@ -1,4 +1,4 @@
-"""The encoding model (spec 01 B5) on the lee text data (configs/token_base.py); `:smoke` runs in seconds.
+"""The encoding model (docs/processes.md B5) on the lee text data (configs/token_base.py); `:smoke` runs in seconds.
 
   python -m experiments.main --config=configs/encoding_lee.py --workdir=workdir/encoding_lee
 """

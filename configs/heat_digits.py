@@ -1,4 +1,4 @@
-"""Inverse heat dissipation (spec 01 C1) on the 8x8 digits: F_t = V exp(-Lambda tau_t) V^T (DCT)
+"""Inverse heat dissipation (docs/processes.md C1) on the 8x8 digits: F_t = V exp(-Lambda tau_t) V^T (DCT)
 plus small noise sigma, an x_0-predicting UNet (l1 loss), the naive and improved designs.
 
   python -m experiments.main --config=configs/heat_digits.py --workdir=workdir/heat_digits

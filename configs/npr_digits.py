@@ -1,4 +1,4 @@
-"""NPR-DPM on the digits (spec 04 §3.4): the DDPM digits model, then a noise-prediction-residual
+"""NPR-DPM on the digits (docs/optimal_variance.md §3.4): the DDPM digits model, then a noise-prediction-residual
 head trained with the mean model frozen, sampled with its state-dependent diagonal variance.
 
   python -m experiments.main --config=configs/npr_digits.py --workdir=workdir/npr_digits

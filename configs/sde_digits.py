@@ -1,4 +1,4 @@
-"""Continuous-time score SDEs on scikit-learn's 8x8 digits (spec 03), through train_and_evaluate.
+"""Continuous-time score SDEs on scikit-learn's 8x8 digits (docs/sde_ode.md), through train_and_evaluate.
 
   --config=configs/sde_digits.py          VP SDE (the default)
   --config=configs/sde_digits.py:ve       VE SDE; also "subvp", "blog"

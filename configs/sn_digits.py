@@ -1,4 +1,4 @@
-"""SN-DPM on the digits (spec 04 §3.5): as configs/npr_digits.py with a squared-noise head,
+"""SN-DPM on the digits (docs/optimal_variance.md §3.5): as configs/npr_digits.py with a squared-noise head,
 sigma_bar^2(x_t) = (beta_bar_t^2 / alpha_bar_t^2) max(h(x_t) - eps_theta^2, 0).
 
   python -m experiments.main --config=configs/sn_digits.py --workdir=workdir/sn_digits

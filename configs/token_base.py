@@ -1,4 +1,4 @@
-"""Shared settings of the token-process configs (spec 01 B3, B4, C2): a process on a text
+"""Shared settings of the token-process configs (docs/processes.md B3, B4, C2): a process on a text
 dataset, the bidirectional TokenDenoiser, the baseline and improved designs.
 
 The per-process files (configs/<process>_<data>.py) call `get_config(process, data, variant)`.
@@ -33,7 +33,7 @@ def get_config(process: str, data: str, variant: str = ""):
     c.process = ml_collections.ConfigDict(dict(PROCESS_FIELDS[process], seq_len=seq_len,
                                                vocab_size=vocab_size))
     if c.process.name in ("masking", "edit"):
-        # Entropy-controlled draws of x0_hat (udm.entropy, spec 05): None samples q itself;
+        # Entropy-controlled draws of x0_hat (udm.entropy, docs/entropy_attention.md): None samples q itself;
         # --config.process.target_entropy=0.5 draws from the entropy-normalised q (nats).
         c.process.target_entropy = ml_collections.config_dict.placeholder(float)
     c.model = ml_collections.ConfigDict(dict(

@@ -1,4 +1,4 @@
-"""BERT-whitening with (beta, gamma, k) on all-MiniLM-L6-v2: every default of the table (spec 06).
+"""BERT-whitening with (beta, gamma, k) on all-MiniLM-L6-v2: every default of the table (docs/whitening.md).
 
   --config=configs/whitening.py         the Lee documents (+ an STS-B file via data.sts_path)
   --config=configs/whitening.py:smoke   a tiny variant that runs in seconds (for the tests)
@@ -19,7 +19,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # An STS-Benchmark TSV supplied by the user (udm.data.load_sts_tsv: the original layout or
     # GLUE's STS-B with a header); "" = Lee only. When set, the table gets STS rows too and
     # that task's whitening is fitted on ALL sentences of the file (both sides of every pair),
-    # as the author's chn/eval.py does (spec 06 §3). To fit on all splits as the author does,
+    # as the author's chn/eval.py does (docs/whitening.md §3). To fit on all splits as the author does,
     # concatenate train/dev/test into one file; the Spearman is then over all its pairs.
     c.data.sts_path = ""
     # What the Lee whitening is fitted on. §3's rule is "all texts of the task", so the default
@@ -40,18 +40,18 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # The script counts and prints how many texts are truncated (101 of the 300 background
     # documents, none of the 50 rated ones).
     c.encoder.max_length = 256
-    c.encoder.sts_max_length = 64    # STS sentences: the protocol's 64 tokens (spec 06 §3)
+    c.encoder.sts_max_length = 64    # STS sentences: the protocol's 64 tokens (docs/whitening.md §3)
     c.encoder.batch_size = 32        # texts per forward pass (CPU memory at 256 tokens)
     # Whitening is fitted on the raw pooled vectors, as in the author's code. all-MiniLM-L6-v2's
     # own pipeline L2-normalises its mean-pooled vector; True would whiten those instead.
     c.encoder.normalize = False
-    # P1 last-layer [CLS], P3 mean (the model's own pooling), P4 first-last-avg (spec 06 §3).
+    # P1 last-layer [CLS], P3 mean (the model's own pooling), P4 first-last-avg (docs/whitening.md §3).
     # "pooler" (P2) exists too, but this checkpoint's pooler head was never fine-tuned.
     c.encoder.poolings = ("cls", "mean", "first_last_avg")
 
     c.whitening = ml_collections.ConfigDict()  # udm.whitening.fit / apply
     # Kept dimensions k of the "whitening to k" cells, for D = 384. The post used 256 of 768
-    # for base models and 128 for the small/tiny SimBERTs (spec 06 §3); SimBERT-small is
+    # for base models and 128 for the small/tiny SimBERTs (docs/whitening.md §3); SimBERT-small is
     # 384-d like all-MiniLM-L6-v2, so 128 (= D/3, the same ratio as 256/768) is the author's
     # setting for this size and the table's main "c" column; 64 and 256 bracket it.
     c.whitening.ks = (64, 128, 256)
@@ -59,7 +59,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # The (beta, gamma) grid of the heat map, both in [0, 1]; drawn at each k of
     # whitening.ks and at k = D (all dimensions).
     c.whitening.grid = (0.0, 0.25, 0.5, 0.75, 1.0)
-    c.whitening.eps = 1e-12          # relative eigenvalue floor of udm.whitening.fit (spec 06 §5)
+    c.whitening.eps = 1e-12          # relative eigenvalue floor of udm.whitening.fit (docs/whitening.md §5)
 
     c.hubness = ml_collections.ConfigDict()  # udm.hubness.hubness_report
     c.hubness.k = 10                 # neighbourhood size of N_k (on the fitting set)

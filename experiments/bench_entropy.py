@@ -11,7 +11,7 @@ Prints, measured in one run on the default JAX device:
 3. Wall time of scipy.optimize.brentq on the exact entropy-vs-exponent curve (N2), float64,
    timed on --brentq_rows rows and extrapolated linearly to all rows (stated in the output),
    the largest |exponent_newton / exponent_brentq - 1| on those rows, and the speed ratio
-   brentq / Newton (the spec's target is >= 100x).
+   brentq / Newton (the documented target is >= 100x).
 """
 import argparse
 import time

@@ -4,7 +4,7 @@
       [--repeats=3] [--smoke]
 
 Both compute the exact k-NN lists of N standard normal points in d dimensions (Euclidean,
-self excluded) and their k-occurrence N_k (spec 07 H1):
+self excluded) and their k-occurrence N_k (docs/hubness.md H1):
 
 * udm: `udm.hubness.knn` (query blocks of `block_size` rows under `jax.lax.map`) then
   `k_occurrence` (scatter-add);

@@ -1,6 +1,6 @@
 """The hubness prior for deterministic diffusion samplers, and hubness of real digit embeddings.
 
-Spec 07 section 3 (kexue.fm/archives/9147; Liang et al., ICML 2022, arXiv 2206.06014): latents
+docs/hubness.md §3 (kexue.fm/archives/9147; Liang et al., ICML 2022, arXiv 2206.06014): latents
 with a large k-occurrence N_k are said to give better samples. udm has two deterministic
 generators that map Gaussian noise z in R^64 to an 8x8 digit:
 
@@ -426,7 +426,7 @@ def findings(results: list, real: dict) -> list:
 
 
 def _verdict(rows: dict, noise: float) -> str:
-    """Plain words for the comparisons the spec asks about (spec 07 section 6), |z| > 2 SE."""
+    """Plain words for the comparisons docs/hubness.md asks about (docs/hubness.md §6), |z| > 2 SE."""
     def compare(a: str, b: str) -> tuple:
         ra, rb = rows[a], rows[b]
         delta = ra["fd"] - rb["fd"]
@@ -517,7 +517,7 @@ def main(argv):
     n = settings["n"]
     hub_rates = [s["hub"]["pass_rate"] for s in noise_sets]
     header = [
-        f"# Hubness-prior sampling of the digits diffusion models (spec 07 §3)",
+        f"# Hubness-prior sampling of the digits diffusion models (docs/hubness.md §3)",
         "",
         f"n = {n} initial noises z ∈ R^64 per row and seed; scores of the generated digits "
         f"against the {len(dataset.test_images)} held-out digits with the FD-digits classifier "

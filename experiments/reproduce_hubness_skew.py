@@ -1,4 +1,4 @@
-"""Hubness grows with dimension: the k-occurrence table of Radovanović et al. (spec 07 section 4).
+"""Hubness grows with dimension: the k-occurrence table of Radovanović et al. (docs/hubness.md §4).
 
   python -m experiments.reproduce_hubness_skew [--n=10000] [--dims=3,20,100,512] [--ks=5,10]
       [--metrics=euclidean,cosine] [--distributions=uniform,normal] [--seeds=10] [--smoke]
@@ -8,18 +8,18 @@ distribution of N_k (self excluded, `udm.hubness.knn`): its mean (= k), skewness
 the fractions N_k > 50 and N_k = 0, hub occurrence, Robin Hood and Gini indices, and its Pearson
 correlation with the distance to the data mean and with the norm.
 
-Data protocol (spec 07 section 4): the normal rows draw `rng = np.random.default_rng(0)` once,
+Data protocol (docs/hubness.md §4): the normal rows draw `rng = np.random.default_rng(0)` once,
 then `X = rng.standard_normal((N, d))` for the dims in the order given (3, 20, 100, 512
-reproduces the spec's draws); the uniform rows do the same with `default_rng(1)` and
-`rng.random`. The normal / k = 5 / Euclidean rows are printed beside the spec's reference
+reproduces the documented draws); the uniform rows do the same with `default_rng(1)` and
+`rng.random`. The normal / k = 5 / Euclidean rows are printed beside the documented reference
 numbers. One k-NN search with the largest k serves every k (the lists are sorted, ties to the
 lower index, so their first k entries are the k-NN lists).
 
 Seed spread (`--seeds=S`, 0 to skip): the normal / k = 5 / Euclidean rows again for seeds
 1000 .. 1000 + S - 1, each (seed, d) with a fresh `default_rng(seed).standard_normal((N, d))`
-(this protocol reproduces the spec's spread exactly; one generator per seed drawing the dims in
+(this protocol reproduces the documented spread exactly; one generator per seed drawing the dims in
 order gives a different, equally valid sample), with the median and range of the skewness and
-max and the mean correlation, beside the spec's spread.
+max and the mean correlation, beside the documented spread.
 
 Writes a Markdown table to `--out` and the numbers to the same path with `.json`;
 `--smoke` (N = 400, 2 seeds) writes `hubness_skew.md` / `.json` under `--workdir` instead.
@@ -52,7 +52,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir/hubness_skew",
                                "Output directory of --smoke runs.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Seconds-long run: N = 400, 2 seeds, to --workdir.")
 
-# Spec 07 section 4 (N = 10000, k = 5, Euclidean, default_rng(0) drawn for d = 3, 20, 100, 512).
+# docs/hubness.md §4 (N = 10000, k = 5, Euclidean, default_rng(0) drawn for d = 3, 20, 100, 512).
 SPEC_TABLE = {
     3: dict(mean=5.0, skewness=0.12, max=12, frac_gt_threshold=0.0, frac_zero=0.002,
             corr_norm=-0.10),
@@ -63,7 +63,7 @@ SPEC_TABLE = {
     512: dict(mean=5.0, skewness=39.3, max=1686, frac_gt_threshold=0.0172, frac_zero=0.493,
               corr_norm=-0.39),
 }
-# Spec 07 section 4, over default_rng(1000) .. default_rng(1009).
+# docs/hubness.md §4, over default_rng(1000) .. default_rng(1009).
 SPEC_SPREAD = {
     100: "median skew 9.5",
     512: "skew 9.8-23.2 (median 13.1), max 441-1025 (median 590), corr -0.52..-0.41 "
@@ -106,8 +106,8 @@ def _main_table(rows, threshold):
 
 
 def _spec_table(rows, threshold):
-    lines = [f"| d | skewness (spec) | max N_k (spec) | frac N_k > {threshold} (spec) | "
-             f"frac N_k = 0 (spec) | corr(N_k, ‖x‖) (spec) |", "|" + " --- |" * 6]
+    lines = [f"| d | skewness (docs) | max N_k (docs) | frac N_k > {threshold} (docs) | "
+             f"frac N_k = 0 (docs) | corr(N_k, ‖x‖) (docs) |", "|" + " --- |" * 6]
     for r in rows:
         s = SPEC_TABLE.get(r["d"])
         if s is None:
@@ -198,7 +198,7 @@ def main(argv):
     device = f"{jax.device_count()} x {jax.devices()[0].platform}"
     command = " ".join(["python -m experiments.reproduce_hubness_skew", *sys.argv[1:]])
     lines = [
-        "# Hubness of i.i.d. data: the k-occurrence N_k grows skewed with dimension (spec 07)",
+        "# Hubness of i.i.d. data: the k-occurrence N_k grows skewed with dimension (docs/hubness.md)",
         "",
         f"N = {n} points, N_k with self excluded (`udm.hubness.knn`, exact, float32, ties to the "
         f"lower index). Normal rows: `default_rng(0)` drawn once for d = "
@@ -209,7 +209,7 @@ def main(argv):
         "",
         *_main_table(rows, threshold),
         "",
-        "## Normal, k = 5, Euclidean beside the spec's reference (section 4; spec in brackets)",
+        "## Normal, k = 5, Euclidean beside the documented reference (section 4; docs values in brackets)",
         "",
         *_spec_table(spec_rows, threshold),
     ]

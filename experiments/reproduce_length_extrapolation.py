@@ -1,4 +1,4 @@
-"""Length extrapolation of attention scales: train at n = 64, evaluate at n = 64..1024 (spec 05, A.7).
+"""Length extrapolation of attention scales: train at n = 64, evaluate at n = 64..1024 (docs/entropy_attention.md A.7).
 
   python -m experiments.reproduce_length_extrapolation \
       --out=experiments/results/length_extrapolation.md [--smoke]
@@ -252,7 +252,7 @@ def main(argv):
         lines.append(_format_row([scale] + cells))
     table = "\n".join(lines)
     report = "\n".join([
-            "# Length extrapolation of attention scales (spec 05, A.7)",
+            "# Length extrapolation of attention scales (docs/entropy_attention.md A.7)",
             "",
             f"Masked-token accuracy (%) on associative recall, mean ± std (population) over "
             f"seeds {seeds}; trained at n = {train_length} for {steps} steps of batch {batch}, "

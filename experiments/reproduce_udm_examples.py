@@ -1,4 +1,4 @@
-"""The applications post's examples (spec 01 B1-B4, C1-C2) in one table: one model per process,
+"""The applications post's examples (docs/processes.md B1-B4, C1-C2) in one table: one model per process,
 each trained and sampled through the same `train_and_evaluate`, the same scan sampler and the
 same loss, with the baseline design (fresh corruption of x0_hat) beside the improved one.
 
@@ -55,7 +55,7 @@ def _text(process, data="arithmetic", **process_fields):
         c.process.update(process_fields)
         if not _SMOKE.value:
             c.train.num_steps = _TEXT_STEPS[data].value
-        if process == "edit_v1":  # not invertible: only the baseline design exists (spec 01 B3)
+        if process == "edit_v1":  # not invertible: only the baseline design exists (docs/processes.md B3)
             c.sampler.name, c.eval.samplers = "baseline", ("baseline",)
         return c
     return config
@@ -115,7 +115,7 @@ def _last_metrics(workdir: str) -> dict:
 
 
 def _encoder_note(results) -> list:
-    """One line on the encoders of the encoding models (the collapse guard, spec 01 B5)."""
+    """One line on the encoders of the encoding models (the collapse guard, docs/processes.md B5)."""
     parts = [f"{r['process']} ({r['data']}): RMS per latent dimension "
              f"{r['final_metrics']['encoder_rms']:.2f}, closest two tokens "
              f"{r['final_metrics']['encoder_min_distance']:.2f} apart"

@@ -9,7 +9,7 @@ every K on a uniform sub-sequence of the T = 1000 steps:
   fixed large, Analytic-DPM (V3), ML-isotropic (V5), NPR-DPM (V7), SN-DPM (V8). DDIM (eta = 0)
   has no bound: its forward process is deterministic given x_0.
 * FD-digits of samples from DDPM, DDIM, Analytic-DDPM, Analytic-DDIM, NPR-/SN-DDPM and -DDIM
-  (same x_T for every cell; pixel clip of spec 04 §2.5 and a mean-only final step for every
+  (same x_T for every cell; pixel clip of docs/optimal_variance.md §2.5 and a mean-only final step for every
   non-fixed variance).
 
   python -m experiments.reproduce_variance_tables --workdir=workdir/variance_tables
@@ -160,7 +160,7 @@ def nll_cell(models: Models, variance_name: str, trajectory: str, k: int, images
     if variance_name in models.heads:
         head = models.heads[variance_name]
         # The decoder needs a positive variance where the head says "certain": one grey level
-        # of an 8-bit image (the pixel-clip scale of spec 04 §2.5).
+        # of an 8-bit image (the pixel-clip scale of docs/optimal_variance.md §2.5).
         predictor = variance_heads.head_predictor(
             process, head.features_fn, head.head_apply, kind=head.kind, clip=1.0, max_var=1.0,
             min_var=variance.pixel_clip_var(1.0))

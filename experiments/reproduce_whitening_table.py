@@ -1,4 +1,4 @@
-"""The (beta, gamma) BERT-whitening table of kexue.fm/archives/9079 on all-MiniLM-L6-v2 (spec 06).
+"""The (beta, gamma) BERT-whitening table of kexue.fm/archives/9079 on all-MiniLM-L6-v2 (docs/whitening.md).
 
   python -m experiments.reproduce_whitening_table --config=configs/whitening.py
   python -m experiments.reproduce_whitening_table --config=configs/whitening.py \
@@ -8,13 +8,13 @@
 For each pooling (P1 "cls", P3 "mean", P4 "first_last_avg") the texts of each task are encoded
 once with the Flax all-MiniLM-L6-v2 (`udm.sentence_encoder`, CPU is fine) and cached in
 `--workdir` as .npz, so a rerun skips the encoder. Then, with the whitening (W1, `udm.whitening`)
-fitted on all texts of the task (spec 06 §3; for Lee: the 50 rated + 300 background documents,
+fitted on all texts of the task (docs/whitening.md §3; for Lee: the 50 rated + 300 background documents,
 see configs/whitening.py):
 
 1. the post's table: `no whitening / whitening all dims / whitening to k` for beta = gamma = 1
    (the original BERT-whitening) and beta = gamma = 0 (rotation + truncation), Spearman x 100
    between pair cosines and the gold scores (the Lee ratings; an STS-B file when given);
-2. the same pattern beside the post's BERT-P4 and SimBERT-P1 rows (spec 06 §4);
+2. the same pattern beside the post's BERT-P4 and SimBERT-P1 rows (docs/whitening.md §4);
 3. (Lee) the same cells with the whitening fitted on other data (background only, rated only);
 4. hubness of the fitted vectors (k-occurrence N_k, `udm.hubness`) before and after whitening;
 5. the full (beta, gamma) grid at every k, as a heat map (whitening_grid.png).
@@ -62,7 +62,7 @@ _SMOKE = flags.DEFINE_bool("smoke", False, "Write to --workdir; without --config
 MODEL = "all-MiniLM-L6-v2"
 POOLING_NAMES = {"cls": "P1 (CLS)", "pooler": "P2 (pooler)", "mean": "P3 (mean)",
                  "first_last_avg": "P4 (first-last-avg)"}
-# Spec 06 §4: kexue.fm/archives/9079, Spearman x 100, cells (no whitening, all dims, k = 256 of
+# docs/whitening.md §4: kexue.fm/archives/9079, Spearman x 100, cells (no whitening, all dims, k = 256 of
 # 768), Chinese tasks. BERT-P4: unsupervised BERT-base, first-last-avg; SimBERT-P1: supervised
 # similar-sentence BERT-base, [CLS].
 POST_TASKS = ("ATEC", "BQ", "LCQMC", "PAWSX", "STS-B")
@@ -482,7 +482,7 @@ def main(argv):
     lee = tasks[0]
     lee_len = lengths["lee"]
     header = [
-        "# BERT-whitening with (β, γ, k) on all-MiniLM-L6-v2 (spec 06, kexue.fm/archives/9079)",
+        "# BERT-whitening with (β, γ, k) on all-MiniLM-L6-v2 (docs/whitening.md, kexue.fm/archives/9079)",
         "",
         f"* **Model:** {MODEL} (6 layers, D = {dim}; udm.sentence_encoder, the Flax port of "
         f"the packaged weights), a *supervised* sentence encoder (contrastive training on ~1B "
@@ -504,7 +504,7 @@ def main(argv):
         f"* **Whitening fitted on:** Lee — {fit_text[config.data.lee_fit]} "
         f"(N = {len(lee.fits[config.data.lee_fit])}, "
         f"{len({lee.texts[i] for i in lee.fits[config.data.lee_fit]})} distinct)"
-        + ("; STS — all sentences of the file (both sides of every pair; spec 06 §3)"
+        + ("; STS — all sentences of the file (both sides of every pair; docs/whitening.md §3)"
            if len(tasks) > 1 else "")
         + ". Fit and transform in float64; eigenvalue floor "
           f"{config.whitening.eps:g} × λ_max.",
@@ -539,7 +539,7 @@ def main(argv):
         "",
         *_main_table(main_rows, small_ks, main_k, dim),
         "",
-        "## 2. The pattern beside the post (Spearman ×100, spec 06 §4)",
+        "## 2. The pattern beside the post (Spearman ×100, docs/whitening.md §4)",
         "",
         "The post's cells are Chinese tasks with BERT-base (768-d); STS-B is the task closest "
         "to ours, the five-task range shows how much the effect varies. Compare signs and "

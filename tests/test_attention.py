@@ -1,4 +1,4 @@
-"""Tests of udm.nn.attention: length-aware logit scales (spec 05 Part A), masks, entropy normalisation."""
+"""Tests of udm.nn.attention: length-aware logit scales (docs/entropy_attention.md Part A), masks, entropy normalisation."""
 import math
 
 import jax
@@ -67,7 +67,7 @@ def test_registry_lists_every_rule_and_values_at_static_lengths():
     assert set(ALL_SCALES) <= set(ATTENTION_SCALES.names())
     d = 16
     assert ATTENTION_SCALES.get("standard")(64, d) == pytest.approx(0.25)
-    # log_512(64) = 2/3, the training-time factor of 8823's experiment (spec 05, A.7).
+    # log_512(64) = 2/3, the training-time factor of 8823's experiment (docs/entropy_attention.md A.7).
     assert ATTENTION_SCALES.get("entropy_invariant")(64, d) == pytest.approx(0.25 * 2 / 3)
     assert ATTENTION_SCALES.get("power")(64, d, p=0.5) == pytest.approx(0.25 * math.sqrt(2 / 3))
     assert ATTENTION_SCALES.get("entropy_invariant")(1, d) == 0.0
@@ -294,7 +294,7 @@ def test_entropy_normalized_gradients_are_finite_for_one_hot_like_rows():
 
 def test_monte_carlo_entropy_table_of_a9():
     # d = 64, |q| = |k| = sqrt(d), random directions, 200 queries; mean row entropy.
-    # Tolerance 0.05 nats: the spec's numbers are quoted to 0.01 and "seed-dependent, +-0.02";
+    # Tolerance 0.05 nats: the documented numbers are quoted to 0.01 and "seed-dependent, +-0.02";
     # with 200 queries the per-row spread (std ~0.1-0.2 nats at these n) leaves the mean's
     # Monte Carlo error near 0.01-0.02 for each seed, and the key set is one draw per n.
     table = {

@@ -1,4 +1,4 @@
-"""Cold diffusion (spec 01 B2) and heat dissipation (C1) as LinearDegradationProcess."""
+"""Cold diffusion (docs/processes.md B2) and heat dissipation (C1) as LinearDegradationProcess."""
 import functools
 
 import jax

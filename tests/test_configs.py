@@ -174,7 +174,7 @@ def test_token_process_and_data_must_fit():
 
 
 def test_token_target_entropy_is_a_config_field():
-    """--config.process.target_entropy reaches the masking / edit draws (spec 05 sampling)."""
+    """--config.process.target_entropy reaches the masking / edit draws (docs/entropy_attention.md B.5)."""
     from configs import edit_arithmetic, masking_arithmetic
     for module in (masking_arithmetic, edit_arithmetic):
         config = module.get_config("smoke")

@@ -1,4 +1,4 @@
-"""D3PM (spec 01 C2): closed-form Q_bar_t and posterior against explicit matrices, marginals and
+"""D3PM (docs/processes.md C2): closed-form Q_bar_t and posterior against explicit matrices, marginals and
 marginal consistency (A6) by Monte Carlo, the oracle through the generic sampler and loss."""
 import dataclasses
 import itertools

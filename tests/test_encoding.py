@@ -1,10 +1,10 @@
-"""The encoding model (spec 01 B5): a learned encoder + hot diffusion in its latent.
+"""The encoding model (docs/processes.md B5): a learned encoder + hot diffusion in its latent.
 
 Closed forms and exact identities: the noise is recovered by `invert`; with F one-hot times c
 the marginal of x_T is N(0, I) only when alpha_bar_T c << 1, and the exact posterior recovers
 x_0 at small t and large c; the correct step keeps the marginals (A6) for every sigma_tilde;
 with the exact posterior of i.i.d. tokens every design samples the data distribution exactly
-(spec 01 A2: estimate x0_hat ~ q(x_0 | x_t), then any marginal-keeping correction).
+(docs/udm.md A2: estimate x0_hat ~ q(x_0 | x_t), then any marginal-keeping correction).
 """
 import dataclasses
 
@@ -24,7 +24,7 @@ L, V = 6, 5
 
 
 def _one_hot_process(c, *, schedule="blog", num_timesteps=100, estimate="sample"):
-    """F(v) = c e_v (D = V), the encoder of the spec's test, fixed (no normalisation)."""
+    """F(v) = c e_v (D = V), the encoder of the documented test, fixed (no normalisation)."""
     p = encoding(L, V, latent_dim=V, schedule=schedule, num_timesteps=num_timesteps,
                  normalize=False, estimate=estimate)
     return dataclasses.replace(p, embedding=c * jnp.eye(V))
@@ -60,7 +60,7 @@ def test_normalisation_fixes_the_encoder_norm():
 
 @pytest.mark.parametrize("c, close_to_standard", [(1.0, True), (1000.0, False)])
 def test_x_T_is_standard_normal_only_when_alpha_bar_T_c_is_small(c, close_to_standard):
-    """Spec B5: blog schedule alpha_bar_T = 0.0065, so c = 1 gives N(0, I), c = 1000 does not."""
+    """docs/processes.md (B5): blog schedule alpha_bar_T = 0.0065, so c = 1 gives N(0, I), c = 1000 does not."""
     p = _one_hot_process(c, num_timesteps=1000)
     T = p.num_timesteps
     np.testing.assert_allclose(float(p.gaussian.alpha_bar[T]), 0.0065, atol=5e-5)

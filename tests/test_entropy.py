@@ -1,4 +1,4 @@
-"""Entropy normalisation (spec 05 Part B): the post's reference run, identities, invariants."""
+"""Entropy normalisation (docs/entropy_attention.md Part B): the post's reference run, identities, invariants."""
 import functools
 
 import jax
@@ -44,7 +44,7 @@ def test_entropy_closed_forms():
     np.testing.assert_allclose(entropy(logits=logits.T, axis=0), entropy(logits=logits), atol=1e-6)
 
 
-# ----------------------------------------------------------------------------- spec B.7
+# ----------------------------------------------------------------------------- docs/entropy_attention.md B.7
 
 
 def test_reference_run_matches_post_and_bisection():
@@ -79,7 +79,7 @@ def test_derivative_of_entropy_at_gamma_one():
     fd = (_entropy_of_power(p, 1 + h) - _entropy_of_power(p, 1 - h)) / (2 * h)
     closed = _entropy64(p) ** 2 - np.sum(p * np.log(p) ** 2)
     assert np.isclose(fd, closed, atol=1e-9)
-    assert np.isclose(closed, -0.219048434, atol=1e-9)  # the spec's number
+    assert np.isclose(closed, -0.219048434, atol=1e-9)  # the documented number
 
 
 @pytest.mark.parametrize("seed,iterations", [(0, 4), (1, 2), (2, 3), (3, 3), (4, 3), (5, 3)])
@@ -89,7 +89,7 @@ def test_peaked_dirichlet_converges_in_four_steps(seed, iterations):
     with jax.enable_x64(True):
         result = entropy_normalize(target, probs=jnp.asarray(p), tol=1e-4)
         assert abs(float(result.entropy) - target) < 1e-4
-    assert int(result.iterations) == iterations <= 4  # the spec's counts, float64
+    assert int(result.iterations) == iterations <= 4  # the documented counts, float64
     result32 = entropy_normalize(target, probs=jnp.asarray(p, jnp.float32), tol=1e-4)
     assert int(result32.iterations) <= 4 and abs(_entropy64(result32.probs) - target) < 1e-4
 

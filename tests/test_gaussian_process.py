@@ -1,4 +1,4 @@
-"""Closed forms and identities of the Gaussian ("hot") process (spec 01 B1, spec 02)."""
+"""Closed forms and identities of the Gaussian ("hot") process (docs/processes.md B1, docs/ddpm_ddim.md)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +13,7 @@ def _process64(name="blog", T=1000, prediction="eps"):
 
 
 def test_blog_schedule_known_numbers():
-    # spec 00 §4: alpha_bar_T = 0.00648; |log alpha_bar_t + 5 s^2| <= 0.039, largest at t = T.
+    # docs/notation.md: alpha_bar_T = 0.00648; |log alpha_bar_t + 5 s^2| <= 0.039, largest at t = T.
     abar = schedules.get_alpha_bar("blog", 1000)
     assert abs(abar[-1] - 0.00648) < 5e-6
     s = np.arange(1001) / 1000
@@ -64,7 +64,7 @@ def test_iterated_one_step_noising_matches_marginal():
 
 
 def test_ddpm_posterior_coefficients_D3_equal_D6():
-    # spec 02 §5: with the DDPM sigma the DDIM coefficients equal those of (D3).
+    # docs/ddpm_ddim.md §5: with the DDPM sigma the DDIM coefficients equal those of (D3).
     with jax.enable_x64(True):
         p = _process64()
         for t in [2, 10, 999, 1000]:
@@ -83,7 +83,7 @@ def test_ddpm_posterior_coefficients_D3_equal_D6():
 
 
 def test_udm_correct_equals_ddpm_update():
-    # spec 01 B1 test: sigma_bar = 0 and the DDPM sigma give x_{t-1} = (x_t - beta_t^2/beta_bar_t eps)/alpha_t + sigma_t eps.
+    # docs/processes.md (B1) test: sigma_bar = 0 and the DDPM sigma give x_{t-1} = (x_t - beta_t^2/beta_bar_t eps)/alpha_t + sigma_t eps.
     with jax.enable_x64(True):
         p = _process64()
         key = jax.random.PRNGKey(1)
@@ -105,7 +105,7 @@ def test_udm_correct_equals_ddpm_update():
 
 @pytest.mark.parametrize("eta", [0.0, 0.3, 1.0])
 def test_udm_correct_equals_ddim_subsequence_update(eta):
-    # spec 02 (D6) on a sub-sequence t -> s with every coefficient recomputed from alpha_bar.
+    # docs/ddpm_ddim.md (D6) on a sub-sequence t -> s with every coefficient recomputed from alpha_bar.
     with jax.enable_x64(True):
         p = _process64()
         kx, ke, kn = jax.random.split(jax.random.PRNGKey(2), 3)

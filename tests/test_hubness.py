@@ -1,4 +1,4 @@
-"""Hubness (spec 07): exact k-NN, the k-occurrence identities, measures, reductions, latents."""
+"""Hubness (docs/hubness.md): exact k-NN, the k-occurrence identities, measures, reductions, latents."""
 import json
 import os
 import subprocess
@@ -112,7 +112,7 @@ def test_hubness_grows_with_dimension():
     assert skew[0] < skew[1] < skew[2], skew
     assert zero[0] < zero[1] < zero[2], zero
     assert all(r["mean"] == 5.0 for r in reports)
-    # Hubs are central (spec 07 section 2): N_k falls with the distance to the mean.
+    # Hubs are central (docs/hubness.md §2): N_k falls with the distance to the mean.
     assert reports[1]["corr_dist_to_mean"] < -0.3 and reports[2]["corr_dist_to_mean"] < -0.3
 
 

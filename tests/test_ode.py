@@ -1,4 +1,4 @@
-"""The probability-flow ODE (S10) and its solvers: order, DDIM, invertibility, NFE (spec 03).
+"""The probability-flow ODE (S10) and its solvers: order, DDIM, invertibility, NFE (docs/sde_ode.md).
 
 For Gaussian data x_0 ~ N(M, S^2) the flow map is linear and known: with V_t = alpha_bar_t^2 S^2
 + beta_bar_t^2, x_t = alpha_bar_t M + sqrt(V_t / V_1) (x_1 - alpha_bar_1 M). Mixtures use the exact
@@ -85,7 +85,7 @@ def test_correct_step_on_an_sde_is_the_ddim_solver(name):
 
 def test_ddim_solver_equals_discrete_ddim():
     """`ode_ddim` on the grid 1, 1 - 1/K, ..., 0 is the discrete DDIM(eta = 0) sampler of a
-    GaussianProcess whose index i is the grid time i / K (D7 of spec 02; spec 03 §2.4, §5.5)."""
+    GaussianProcess whose index i is the grid time i / K (D7 of docs/ddpm_ddim.md; docs/sde_ode.md §2.4, §5.5)."""
     sde = sde_lib.VPSDE()
     k = 20
     x0_fn = mixture_x0(sde)

@@ -1,6 +1,6 @@
 """Every registered discrete-time process runs through the one scan sampler and the one loss.
 
-The point of UDM (spec 01): a process is a forward/invert/correct triple; `make_sampler` and
+The point of UDM (docs/udm.md): a process is a forward/invert/correct triple; `make_sampler` and
 `make_loss_fn` never special-case one. With the oracle estimate (x0_hat = x_0, or logits peaked
 at x_0) the deterministic / improved design started from x_T = F_T(x_0, eps) returns x_0.
 """

@@ -1,4 +1,4 @@
-"""The generic estimate-then-correct sampler against closed forms (spec 01 A3, spec 02)."""
+"""The generic estimate-then-correct sampler against closed forms (docs/udm.md A3, docs/ddpm_ddim.md)."""
 import chex
 import jax
 import jax.numpy as jnp
@@ -50,7 +50,7 @@ def test_gaussian_data_is_recovered(name, num_steps, eta):
     assert abs(x0.mean() - exact_mean) < 5 * np.sqrt(exact_var / n)
     assert abs(x0.var() - exact_var) < 5 * exact_var * np.sqrt(2 / n)
     # 2) That law is the data's: the mean exactly; the variance within the discretisation bias,
-    #    which is small for the 1000-step chain (DDPM ignores Var[x_0|x_t], spec 04) and larger at K = 50.
+    #    which is small for the 1000-step chain (DDPM ignores Var[x_0|x_t], docs/optimal_variance.md) and larger at K = 50.
     assert abs(exact_mean - M) < 1e-3
     tolerance = 0.03 if num_steps == 1000 else 0.3
     assert abs(exact_var / S ** 2 - 1) < tolerance
@@ -170,7 +170,7 @@ def test_slerp_keeps_standard_normal():
 
 @pytest.mark.parametrize("name,num_steps", [("ddim", 1), ("ddim", 3), ("ddpm", 5), ("baseline", 4)])
 def test_exact_posterior_sampling_is_exact_for_any_step_count(name, num_steps):
-    # With x0_hat ~ p(x_0|x_t) exactly (sigma_bar_t^2 = Var[x_0|x_t], spec 01 B1.2) the step
+    # With x0_hat ~ p(x_0|x_t) exactly (sigma_bar_t^2 = Var[x_0|x_t], docs/processes.md B1.2) the step
     # p(x_s|x_t) = E[p(x_s|x_t,x_0)] is exact (A2), so even K = 1 returns N(M, S^2).
     p = GaussianProcess.from_schedule("blog", 1000)
     a, b = np.asarray(p.alpha_bar, np.float64), np.asarray(p.beta_bar, np.float64)

@@ -1,7 +1,7 @@
-"""Continuous-time SDEs, denoising score matching and the reverse-time samplers (spec 03).
+"""Continuous-time SDEs, denoising score matching and the reverse-time samplers (docs/sde_ode.md).
 
 Ground truth is Gaussian data x_0 ~ N(M, S^2 I): p_t = N(alpha_bar M, V_t I) with
-V_t = alpha_bar^2 S^2 + beta_bar^2 and score -(x - alpha_bar M) / V_t (spec 03 §5), and Gaussian
+V_t = alpha_bar^2 S^2 + beta_bar^2 and score -(x - alpha_bar M) / V_t (docs/sde_ode.md §5), and Gaussian
 mixtures through the exact posterior mean of `udm.oracles`. Reference numerics are float64 numpy;
 the library runs in float32. Monte Carlo tolerances are k standard errors (SE), stated inline.
 """
@@ -75,7 +75,7 @@ def test_drift_and_diffusion_match_closed_forms(name):
     np.testing.assert_allclose(f, f_ref, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(g2, g2_ref, rtol=2e-5)
     if name in ("vp", "blog"):
-        # VP condition alpha_bar^2 + beta_bar^2 = 1  <=>  g^2 + 2 f = 0 (spec 03 §1.5).
+        # VP condition alpha_bar^2 + beta_bar^2 = 1  <=>  g^2 + 2 f = 0 (docs/sde_ode.md §1.5).
         np.testing.assert_allclose(g2 + 2 * f, 0.0, atol=2e-5 * np.abs(g2).max())
     a0, b0 = marginal64(sde, 0.0)
     a1, b1 = marginal64(sde, 1.0)
@@ -83,7 +83,7 @@ def test_drift_and_diffusion_match_closed_forms(name):
         assert a0 == a1 == 1.0 and np.isclose(b0, sde.sigma_min) and np.isclose(b1, sde.sigma_max)
     else:
         assert a0 == 1.0 and b0 == 0.0 and a1 < 0.01
-    if name == "blog":   # spec 03 §1.5: alpha_bar(1) = 0.0065 vs the discrete chain's 0.00648
+    if name == "blog":   # docs/sde_ode.md §1.5: alpha_bar(1) = 0.0065 vs the discrete chain's 0.00648
         assert abs(a1 - 0.0065) < 1e-4
 
 
@@ -115,7 +115,7 @@ def test_transition_is_consistent_with_marginals(name):
 @pytest.mark.parametrize("name", ALL_SDES)
 def test_forward_euler_maruyama_reaches_the_marginals(name):
     """(S6) round trip: simulate (S2) with the library's f, g from a point x_0; the mean and
-    variance at t approach alpha_bar x_0 and beta_bar^2 as dt -> 0 (spec 03 §5.1)."""
+    variance at t approach alpha_bar x_0 and beta_bar^2 as dt -> 0 (docs/sde_ode.md §5.1)."""
     sde = sde_lib.get_sde(name)
     x0, n, checkpoints = 1.5, 20_000, (0.25, 0.5, 1.0)
     a0, b0 = marginal64(sde, 0.0)    # VE starts at N(x_0, sigma_min^2), the others at x_0
@@ -202,7 +202,7 @@ def _vp64(sde, t):
 
 @pytest.mark.parametrize("name", ["vp", "subvp", "ve"])
 def test_dsm_optimum_over_linear_scores(name):
-    """Spec 03 §5.6: least squares of the (S5) target -eps/beta_bar on (x_t, 1) at fixed t."""
+    """docs/sde_ode.md §5.6: least squares of the (S5) target -eps/beta_bar on (x_t, 1) at fixed t."""
     sde = sde_lib.get_sde(name)
     rng = np.random.default_rng(0)
     n = 200_000

@@ -1,4 +1,4 @@
-"""Token corruptions: the masking model (spec 01 B4) and the edit model (B3), with A6 and D1-D3."""
+"""Token corruptions: the masking model (docs/processes.md B4) and the edit model (B3), with docs/udm.md (A6) and the checks of its §A.7."""
 import itertools
 
 import chex
@@ -13,7 +13,7 @@ from udm.processes.edit import EditNoise, edit
 from udm.processes.masking import masking
 from udm.sampling import make_sampler
 
-L, V = 7, 4          # the spec's 7-token lines; a small vocabulary makes v1 collisions common
+L, V = 7, 4          # the documented 7-token lines; a small vocabulary makes v1 collisions common
 N = 20_000           # Monte Carlo sample size
 P_FALSE_ALARM = 1e-4  # every chi-square test rejects at this level; Monte Carlo means use 5 SE
 # Test data and most eps come from numpy: every jax.random program costs a compilation (~1-2 s
@@ -218,7 +218,7 @@ def test_edit_invert_recovers_substituted_positions_and_offsets():
 def test_edit_v2_oracle_improved_sampler_returns_x0_one_edit_per_step():
     p = edit(L, V)
     x0 = _data(64, seed=5)
-    # Start from F_l(x_0, eps), every position wrong (spec B3 test iii), not uniform tokens.
+    # Start from F_l(x_0, eps), every position wrong (docs/processes.md B3 test iii), not uniform tokens.
     x_T = p.forward(L, x0, _edit_eps(x0.shape))
     records = []
     sample = make_sampler(p, _recording_predictor(lambda xt, t: _oracle_logits(x0), records),

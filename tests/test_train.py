@@ -160,7 +160,7 @@ def test_token_process_smoke_trains_and_samples(tmp_path, config_name):
 
 
 def test_encoding_model_trains_its_encoder_jointly_and_resumes(tmp_path):
-    """The encoding model (spec 01 B5): params = {network, process}, the encoder moves, the
+    """The encoding model (docs/processes.md B5): params = {network, process}, the encoder moves, the
     guard keeps its scale, the checkpoint of both resumes, DDPM sampling decodes to text."""
     from configs import encoding_lee
     config = encoding_lee.get_config("smoke")
@@ -181,7 +181,7 @@ def test_encoding_model_trains_its_encoder_jointly_and_resumes(tmp_path):
     assert len(lines) == config.eval.grid_size and all(len(x) == config.data.seq_len for x in lines)
 
 
-# --- optimal reverse variances (spec 04): NPR / SN heads and the analytic sigma_bar -------------
+# --- optimal reverse variances (docs/optimal_variance.md): NPR / SN heads and the analytic sigma_bar ---
 
 def _head_smoke(module, **overrides):
     config = module.get_config("smoke")

@@ -1,4 +1,4 @@
-"""RoPE identities and the length-agnostic Transformer encoder (spec 05 Part A)."""
+"""RoPE identities and the length-agnostic Transformer encoder (docs/entropy_attention.md Part A)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,7 +68,7 @@ def test_encoder_runs_at_any_length_with_the_same_params():
 
 
 def test_entropy_invariant_encoder_equals_standard_at_calibration_length():
-    # log_512(512) = 1: Attention-E is Attention-O at n = 512 (spec 05, A.10), and neither rule
+    # log_512(512) = 1: Attention-E is Attention-O at n = 512 (docs/entropy_attention.md A.10), and neither rule
     # adds parameters, so one set of parameters serves both.
     tokens = jax.random.randint(jax.random.key(4), (1, 512), 0, 11)
     standard, invariant = _encoder("standard"), _encoder("entropy_invariant")

@@ -1,4 +1,4 @@
-"""Optimal reverse variances (spec 04) against closed forms, quadrature and Monte Carlo."""
+"""Optimal reverse variances (docs/optimal_variance.md) against closed forms, quadrature and Monte Carlo."""
 
 import jax
 import jax.numpy as jnp
@@ -53,7 +53,7 @@ def _mixture_quadrature(a, b):
 
 
 def test_analytic_variance_of_gaussian_data_is_the_exact_posterior_variance():
-    # Spec 04 §4: with eps = eps*, (V3) returns Var[x_0|x_t] = S^2 bb^2 / (ab^2 S^2 + bb^2).
+    # docs/optimal_variance.md §4: with eps = eps*, (V3) returns Var[x_0|x_t] = S^2 bb^2 / (ab^2 S^2 + bb^2).
     p = P
     ab, bb = np.asarray(p.alpha_bar, np.float64), np.asarray(p.beta_bar, np.float64)
     t = np.arange(1, T + 1)
@@ -64,7 +64,7 @@ def test_analytic_variance_of_gaussian_data_is_the_exact_posterior_variance():
     got = np.asarray(variance.analytic_sigma_bar_sq(p, bb[t] ** 2 / v, t), np.float64)
     np.testing.assert_allclose(got[:300], exact[:300], rtol=1e-4)
     np.testing.assert_allclose(got, exact, rtol=3e-2)
-    # 2) Monte Carlo at t = 300 with d = 2e5 values (200 x 1000): 0.21369 exactly (spec),
+    # 2) Monte Carlo at t = 300 with d = 2e5 values (200 x 1000): 0.21369 exactly (documented),
     #    SD 0.0042, so +-0.013.
     assert abs(exact[299] - 0.21369) < 1e-5
     data = S * jax.random.normal(jax.random.PRNGKey(0), (512, 1000))
@@ -81,7 +81,7 @@ def test_corrected_variance_is_the_exact_reverse_variance(num_steps, spacing):
     # Var[x_s|x_t] = v_s - Cov(x_s, x_t)^2 / v_t, Cov = k v_t + gamma ab_t S^2 (k: the x_t
     # coefficient); (V1) with sigma_bar_t^2 = Var[x_0|x_t] must equal it, for any eta and grid.
     # At eta = 1 it is the forward chain's 1 - ... : v_s - (ab_t/ab_s)^2 v_s^2 / v_t; at S = 1,
-    # the spec's beta_t^2 = 1 - (ab_t/ab_s)^2.
+    # the documented beta_t^2 = 1 - (ab_t/ab_s)^2.
     grid = time_grid(T, num_steps, spacing)
     t, s = grid[:, 0], grid[:, 1]
     with jax.enable_x64(True):
@@ -175,7 +175,7 @@ def test_sharded_monte_carlo_equals_unsharded(impl):
 
 def test_ml_isotropic_equals_analytic_with_the_exact_mean():
     # With eps_theta = eps*, E||eps - eps*||^2 = 1 - E||eps*||^2, so (V5) == (V3) in expectation;
-    # a constant bias b moves them apart symmetrically: Gamma + b^2, mse + b^2 (spec 04 §4).
+    # a constant bias b moves them apart symmetrically: Gamma + b^2, mse + b^2 (docs/optimal_variance.md §4).
     p = P
     timesteps = np.array([10, 100, 300, 600, 900])      # the shapes of the test above
     data = _mixture_data(65536, jax.random.PRNGKey(0))
@@ -205,7 +205,7 @@ def test_ml_isotropic_equals_analytic_with_the_exact_mean():
 
 
 def test_estimates_stay_within_the_bounds_for_biased_predictors():
-    # Spec 04 §2.3/§2.5: 0 <= sigma_bar_t^2 <= min(bb^2/ab^2, ((b - a)/2)^2), data in [-1, 1]:
+    # docs/optimal_variance.md §2.3/§2.5: 0 <= sigma_bar_t^2 <= min(bb^2/ab^2, ((b - a)/2)^2), data in [-1, 1]:
     # max_var = 1. Each predictor below pushes the raw estimate past one of the bounds.
     p = P
     timesteps = np.array([10, 100, 300, 600, 900])
@@ -248,7 +248,7 @@ def test_estimates_stay_within_the_bounds_for_biased_predictors():
 
 
 def test_sampling_clips_and_their_sigma_bar_table():
-    # The released code's clips (spec 04 §2.5): the step into x_{tau_1} is capped at
+    # The released code's clips (docs/optimal_variance.md §2.5): the step into x_{tau_1} is capped at
     # (2 (2/255) sqrt(pi/2))^2 and the final step is the mean only.
     p = P
     grid = time_grid(T, 10)
@@ -324,7 +324,7 @@ def test_vlb_with_the_analytic_variance_is_no_worse_than_fixed_small(num_steps, 
 
 @pytest.mark.parametrize("name,eta", [("ddim", 0.0), ("ddpm", 1.0)])
 def test_sampling_with_the_analytic_sigma_bar_reproduces_the_data_variance(name, eta):
-    # Spec 04 §4 sampling sanity at K = 10 with the exact mean: the plain sampler's variance is
+    # docs/optimal_variance.md §4 sampling sanity at K = 10 with the exact mean: the plain sampler's variance is
     # off, the analytic one (sigma_bar from Monte Carlo Gamma_t) recovers S^2.
     p = P
     grid = time_grid(T, 10)

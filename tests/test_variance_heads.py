@@ -1,4 +1,4 @@
-"""NPR-DPM / SN-DPM heads and state-dependent variances (spec 04 §3.4-3.6, §4) on Gaussian data.
+"""NPR-DPM / SN-DPM heads and state-dependent variances (docs/optimal_variance.md §3.4-3.6, §4) on Gaussian data.
 
 With x_0 ~ N(0, S^2 I), v_t = alpha_bar_t^2 S^2 + beta_bar_t^2, everything is closed form:
 eps*(x_t) = beta_bar_t x_t / v_t, Var[eps | x_t] = 1 - beta_bar_t^2 / v_t =: g*_t per coordinate,
@@ -82,7 +82,7 @@ def _train_head(kind, head_apply, params, *, num_steps=400, batch_size=512, seed
 
 
 def test_npr_head_converges_to_the_conditional_residual_variance():
-    # Spec 04 §4: with eps_theta = eps*, the NPR target (eps - eps*)^2 has conditional mean
+    # docs/optimal_variance.md §4: with eps_theta = eps*, the NPR target (eps - eps*)^2 has conditional mean
     # g*_t = 1 - beta_bar_t^2 / v_t (here 0.996 at t = 1 down to 0.515 at t = 20). A per-t
     # constant head sees ~25 examples x 16 coordinates of each t per step; with the decaying
     # Adam step the final error is ~0.005 (SD of one step's target mean is ~0.07 g*).
@@ -103,7 +103,7 @@ def test_npr_head_converges_to_the_conditional_residual_variance():
 
 
 def test_sn_head_converges_to_the_second_moment_and_gives_the_posterior_variance():
-    # Spec 04 §4: E[eps^2 | x_t] = g*_t + eps*(x_t)^2, so the per-t affine head a_t + b_t eps*^2
+    # docs/optimal_variance.md §4: E[eps^2 | x_t] = g*_t + eps*(x_t)^2, so the per-t affine head a_t + b_t eps*^2
     # converges to a_t = g*_t, b_t = 1. b_t is only identified where eps*^2 varies, i.e. where
     # Var[eps*] = 1 - g*_t is not small: checked for 1 - g* >= 0.25 (t >= 12), to +-0.15
     # (observed ~0.03); a_t everywhere to +-0.03 (observed ~0.01).
@@ -136,7 +136,7 @@ def test_sn_head_converges_to_the_second_moment_and_gives_the_posterior_variance
 
 @pytest.mark.parametrize("kind", ["npr", "sn"])
 def test_head_variance_stays_in_the_bounds_for_wild_head_outputs(kind):
-    # Spec 04 §2.3 / §3.4-3.5: 0 <= sigma_bar_t^2 <= min(beta_bar_t^2 / alpha_bar_t^2, max_var)
+    # docs/optimal_variance.md §2.3 / §3.4-3.5: 0 <= sigma_bar_t^2 <= min(beta_bar_t^2 / alpha_bar_t^2, max_var)
     # whatever the head says (negative, huge, infinite); in between exactly ratio * moment.
     rng = np.random.default_rng(0)
     head_out = np.concatenate([[-np.inf, -1e6, -5.0, -1e-3, 0.0, 1e-3, 0.3, 0.9, 2.0, 1e3, 1e6,
@@ -254,7 +254,7 @@ def test_sampler_estimate_std_matches_the_sigma_bar_table(name, eta):
 
 
 def _step_coefficients_f64(process, grid, eta):
-    """sigma_s^2 and gamma_{t,s} (spec 04 §2.1) recomputed independently in float64."""
+    """sigma_s^2 and gamma_{t,s} (docs/optimal_variance.md §2.1) recomputed independently in float64."""
     ab = np.asarray(process.alpha_bar, np.float64)
     bb = np.asarray(process.beta_bar, np.float64)
     t, s = grid[:, 0], grid[:, 1]
@@ -288,7 +288,7 @@ def test_sampling_sigma_bar_realises_the_reverse_variance(eta):
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
 def test_std_cap_final_step_and_pixel_clip(eta):
-    # std_cap (spec 04 §2.5 clips for any std): 0 at t = tau_1 (the mean-only step into s = 0),
+    # std_cap (docs/optimal_variance.md §2.5 clips for any std): 0 at t = tau_1 (the mean-only step into s = 0),
     # the pixel clip on the steps into x_{tau_i}, 0 < i <= clip_sigma_idx, inf elsewhere.
     grid = time_grid(T, 10)
     t, s = grid[:, 0], grid[:, 1]

@@ -1,4 +1,4 @@
-"""BERT-whitening with (beta, gamma, k): the identities of spec 06 §6, numerics, I/O and the sweep."""
+"""BERT-whitening with (beta, gamma, k): the identities of docs/whitening.md §6, numerics, I/O and the sweep."""
 import jax
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ def _cosines(x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture()
 def float64():
-    # Reference numerics: spec 06 §6 quotes ~1e-12 agreement in float64.
+    # Reference numerics: docs/whitening.md §6 quotes ~1e-12 agreement in float64.
     with jax.enable_x64(True):
         yield
 
@@ -57,7 +57,7 @@ def test_rotation_setting_keeps_cosines_and_spearman(float64):
 
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
 def test_gamma_zero_keeps_the_norm_of_the_shifted_vector(float64, beta):
-    # Spec 06 §6: with gamma = 0, ||x~_i|| = ||x_i - beta mu|| (a rotation), for every beta.
+    # docs/whitening.md §6: with gamma = 0, ||x~_i|| = ||x_i - beta mu|| (a rotation), for every beta.
     x = _anisotropic(100, 10, seed=3)
     w = whitening.fit(x, beta=beta)
     y = np.asarray(whitening.apply(w, x, gamma=0.0))
@@ -131,7 +131,7 @@ def test_apply_under_jit_matches_eager():
 
 
 def _labelled_pairs(n: int, d: int, *, seed: int):
-    # Spec 06 §6's synthetic task: a large shared mean and two strong nuisance directions (drawn
+    # docs/whitening.md §6's synthetic task: a large shared mean and two strong nuisance directions (drawn
     # independently for each sentence), plus a weaker 10-d semantic subspace that alone decides
     # the pair labels, plus tiny isotropic noise. The known best: gamma = 1 (equalise the
     # nuisance and semantic directions) and k = 12 (drop the 12 pure-noise directions, which
@@ -165,7 +165,7 @@ def test_sweep_finds_the_known_best_on_a_synthetic_task():
     for beta in (0.0, 1.0):
         best_at_beta = max((p for p in result.grid if p.beta == beta), key=lambda p: p.score)
         assert (best_at_beta.gamma, best_at_beta.k) == (1.0, 12)
-    # The rotation setting at k = D reproduces the raw score exactly (a = b in spec 06 §4).
+    # The rotation setting at k = D reproduces the raw score exactly (a = b in docs/whitening.md §4).
     rotation = next(p for p in result.grid if (p.beta, p.gamma, p.k) == (0.0, 0.0, 24))
     assert rotation.score == pytest.approx(result.raw_score, abs=1e-6)
 

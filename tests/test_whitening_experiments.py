@@ -1,5 +1,5 @@
 """experiments/reproduce_whitening_table.py in --smoke mode: its tables, and identities its numbers
-must satisfy (spec 06 §6: beta = gamma = 0 with all dims is a rotation, so b = a exactly)."""
+must satisfy (docs/whitening.md §6: beta = gamma = 0 with all dims is a rotation, so b = a exactly)."""
 import json
 import os
 import subprocess

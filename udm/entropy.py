@@ -1,4 +1,4 @@
-"""Entropy normalisation of categorical distributions and entropy-controlled sampling (spec 05 Part B).
+"""Entropy normalisation of categorical distributions and entropy-controlled sampling (docs/entropy_attention.md Part B).
 
 A distribution p is mapped to p^gamma / sum_j p_j^gamma (N1), with gamma chosen so the result
 has a prescribed entropy H*; this replaces top-k / top-p truncation when sampling categorical
@@ -17,7 +17,7 @@ Array = jax.Array
 # Largest / smallest overall exponent: keeps gamma * log p finite in float32 even when a target
 # sits on the edge of the reachable range (where the exact exponent is 0 or infinity).
 _EXPONENT_BOUND = 1e8
-# The post's guard on the Newton denominator H^2 - sum p (log p)^2 = -Var_p[log p] (spec B.6).
+# The post's guard on the Newton denominator H^2 - sum p (log p)^2 = -Var_p[log p] (docs/entropy_attention.md B.6).
 _DENOMINATOR_MAX = -1e-12
 # Rows of `probs` must sum to one within this.
 _SUM_TOLERANCE = 1e-4
@@ -151,7 +151,7 @@ class _State(NamedTuple):
 
 
 def _newton_update(state: _State, log_p, support, target, gamma_clip) -> _State:
-    """One Newton step of spec B.4 on the current distribution q = p^Gamma / sum p^Gamma.
+    """One Newton step of docs/entropy_attention.md B.4 on the current distribution q = p^Gamma / sum p^Gamma.
 
         gamma = 1 + (H* - H) / (H^2 - sum q (log q)^2),     Gamma <- Gamma * gamma.
 
@@ -204,7 +204,7 @@ def _reachable_range(log_p: Array) -> Tuple[Array, Array]:
 
 
 def _check_concrete(log_p, target) -> None:
-    """Eager input checks (spec B.6): support non-empty, target reachable."""
+    """Eager input checks (docs/entropy_attention.md B.6): support non-empty, target reachable."""
     log_p = np.asarray(log_p)
     target = np.asarray(target, np.float64)
     n = log_p.shape[-1]

@@ -3,7 +3,7 @@
 Two estimates of -log p(x_0), both jittable end to end:
 
 * `make_ode_log_likelihood`: the instantaneous change of variables along the probability-flow
-  ODE (S10) of an SDE (spec 03, Song et al. 2021 appendix D.2),
+  ODE (S10) of an SDE (docs/sde_ode.md, Song et al. 2021 appendix D.2),
 
       dx/dt = f_t x - 1/2 g_t^2 score(x, t),
       log p_{t0}(x(t0)) = log p_1(x(1)) + int_{t0}^{1} div_x(dx/dt)(x(t), t) dt,

@@ -1,4 +1,4 @@
-"""The one training loss: fit the x_0 predictor of p(x_0 | x_t) (spec 01 A4-A5, spec 02 §1.3).
+"""The one training loss: fit the x_0 predictor of p(x_0 | x_t) (docs/udm.md A4-A5, docs/ddpm_ddim.md §1.3).
 
 Every process, discrete or continuous time, is trained by `make_loss_fn`; what differs lives in
 the process: the time draw (`sample_time`: U{1..T}, U(t_min, 1) or importance-sampled), the
@@ -19,7 +19,7 @@ def make_loss_fn(process, apply_fn: Callable, *, weighting: str = "none",
                  time_sampling: str = "uniform"):
     """Builds `loss_fn(params, x0, *, key) -> (loss, aux)` for any process.
 
-    Per example (spec 01 A4): t from `process.sample_time`, eps ~ q(eps), x_t = F_t(x_0, eps);
+    Per example (docs/udm.md A4): t from `process.sample_time`, eps ~ q(eps), x_t = F_t(x_0, eps);
     the network output at (x_t, network_time(t)) is scored by
     `process.loss(t, x0, eps, output, weighting=...)`, times the importance ratio of the time
     draw where there is one.

@@ -1,6 +1,6 @@
 """Noise schedules: the signal coefficients alpha_bar_t, t = 0..T, of p(x_t|x_0) = N(alpha_bar_t x_0, beta_bar_t^2 I).
 
-Blog notation (spec 00 §4): alpha_bar_t is the signal coefficient itself (NOT its square),
+Blog notation (docs/notation.md): alpha_bar_t is the signal coefficient itself (NOT its square),
 beta_bar_t = sqrt(1 - alpha_bar_t^2) the noise standard deviation, alpha_bar_0 = 1.
 Every schedule returns a float64 numpy array of length T + 1; processes cast it once.
 """
@@ -12,7 +12,7 @@ SCHEDULES = Registry("schedule")
 
 
 def _from_one_step(alphas: np.ndarray) -> np.ndarray:
-    """alpha_bar_t = prod_{i<=t} alpha_i with alpha_bar_0 = 1 (spec 02, D2)."""
+    """alpha_bar_t = prod_{i<=t} alpha_i with alpha_bar_0 = 1 (docs/ddpm_ddim.md D2)."""
     return np.concatenate([[1.0], np.cumprod(alphas)])
 
 

@@ -7,7 +7,7 @@ nothing is downloaded. The weights are read with `safetensors.numpy` and mapped 
 WordPiece (`tokenizers`). The package is a model, not a layer, which is why this lives beside
 `udm/whitening.py` rather than in `udm/nn/`: it reads files and holds the weights.
 
-Poolings (spec 06 §3; sentence vector of one sentence with token mask m_t and L + 1 hidden
+Poolings (docs/whitening.md §3; sentence vector of one sentence with token mask m_t and L + 1 hidden
 states h^(0..L), h^(0) = embedding output):
 
     "cls"            P1: h^(L)_[CLS]

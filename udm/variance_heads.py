@@ -1,8 +1,8 @@
-"""NPR-DPM and SN-DPM: state-dependent diagonal reverse variances (spec 04 §3.4-3.7).
+"""NPR-DPM and SN-DPM: state-dependent diagonal reverse variances (docs/optimal_variance.md §3.4-3.7).
 
 A small convolutional head (`udm.nn.VarianceHead`) sits on the last features of the frozen mean
 network (the UNet's `return_features`) and is trained in a second stage, the mean model
-untouched (spec 04 §3.7):
+untouched (docs/optimal_variance.md §3.7):
 
     NPR (V7): g = argmin E || (eps - eps_theta(x_t, t))^2 - g(x_t, t) ||^2,
               sigma_bar_t^2(x_t) = (beta_bar_t^2 / alpha_bar_t^2) g(x_t, t);
@@ -12,7 +12,7 @@ untouched (spec 04 §3.7):
 x_t = alpha_bar_t x_0 + beta_bar_t eps, squares element-wise (a diagonal variance). Both are
 clipped into [0, min(beta_bar_t^2 / alpha_bar_t^2, max_var)] as the isotropic estimates. The
 sampler receives an `Estimate(x0_hat, std)` and the reverse step t -> s gets the diagonal
-variance sigma_s^2 + gamma_{t,s}^2 sigma_bar_t^2(x_t) (spec 04 §3.6).
+variance sigma_s^2 + gamma_{t,s}^2 sigma_bar_t^2(x_t) (docs/optimal_variance.md §3.6).
 Source: Bao et al., arXiv 2206.07309 (ICML 2022); kexue.fm/archives/9246.
 """
 from typing import Any, Callable, NamedTuple, Optional
@@ -85,7 +85,7 @@ def make_head_loss_fn(process, features_fn: Callable, head_apply: Callable, mean
 
     Per example t ~ U{1..T}, eps ~ N(0, I), x_t = alpha_bar_t x_0 + beta_bar_t eps; the head
     output at x_t is regressed onto `head_target` (mean over coordinates and batch). The mean
-    model enters through `stop_gradient`: only the head learns (spec 04 §3.7).
+    model enters through `stop_gradient`: only the head learns (docs/optimal_variance.md §3.7).
 
     Args:
         process: GaussianProcess.

@@ -1,6 +1,6 @@
 """BERT-whitening with the hyper-parameters (beta, gamma, k): fit, apply, save/load and a sweep.
 
-Spec 06 (Su, kexue.fm/archives/9079; Su et al., arXiv 2103.15316). For row vectors
+docs/whitening.md (Su, kexue.fm/archives/9079; Su et al., arXiv 2103.15316). For row vectors
 `x_i in R^D`, i = 1..N (W1):
 
     mu    = (1/N) sum_i x_i
@@ -15,7 +15,7 @@ columns of `U` and are chosen at `apply` time. Settings:
     (beta, gamma, k) = (1, 1, D)   the original BERT-whitening (`ORIGINAL`);
     (beta, gamma, k) = (0, 0, k)   the post's compression setting: a rotation of the raw vectors
                                    truncated to k columns (`COMPRESSION`, k = 256 for 768-d
-                                   base models, 128 for small ones, spec 06 §3).
+                                   base models, 128 for small ones, docs/whitening.md §3).
 
 Typical use:
 
@@ -34,7 +34,7 @@ from udm.metrics.similarity import spearman
 
 PathLike = Union[str, os.PathLike]
 
-# Relative floor on the eigenvalues before the power -gamma/2 (spec 06 §5): rank deficiency
+# Relative floor on the eigenvalues before the power -gamma/2 (docs/whitening.md §5): rank deficiency
 # (N < D, duplicate sentences, an anisotropic encoder) gives eigenvalues at rounding level,
 # whose inverse square roots would be huge or infinite.
 DEFAULT_EPS = 1e-12
@@ -103,7 +103,7 @@ def _check_k(k: Optional[int], dim: int) -> int:
 def fit(x, *, beta: float = 1.0, eps: float = DEFAULT_EPS) -> Whitening:
     """Fits W1's statistics in float64: `mu`, and `Sigma = U Lambda U^T` about `beta mu`.
 
-    `Sigma = (1/N) sum_i (x_i - beta mu)^T (x_i - beta mu)` (spec 06, W1), divided by N as the
+    `Sigma = (1/N) sum_i (x_i - beta mu)^T (x_i - beta mu)` (docs/whitening.md W1), divided by N as the
     post writes it; the author's code (`chn/utils.py`) uses `np.cov`, which divides by N - 1.
     The two differ by the factor N/(N-1) on every eigenvalue, which scales every transformed
     vector by the same `((N-1)/N)^{gamma/2}`: cosines, and hence every score, are unchanged.
@@ -148,7 +148,7 @@ def fit(x, *, beta: float = 1.0, eps: float = DEFAULT_EPS) -> Whitening:
 def apply(w: Whitening, x, *, gamma: float = 1.0, k: Optional[int] = None) -> chex.Array:
     """Transforms vectors with fitted statistics: `x~ = (x - beta mu) U Lambda^{-gamma/2}`, first k columns.
 
-    Spec 06, W1. `beta` is the one `w` was fitted with. `gamma = 1` equalises the kept
+    docs/whitening.md (W1). `beta` is the one `w` was fitted with. `gamma = 1` equalises the kept
     directions (whitening), `gamma = 0` keeps their natural scales (a rotation: norms and, at
     k = D, inner products of the shifted vectors are unchanged). Computed in the floating dtype
     of `x` (float32 stays float32); the eigenvalues are floored at `w.floor` first.
@@ -181,7 +181,7 @@ def apply(w: Whitening, x, *, gamma: float = 1.0, k: Optional[int] = None) -> ch
 def retained_energy(w: Whitening) -> np.ndarray:
     """Fraction of the spread kept by the first k directions, for k = 1..D.
 
-    `E_k = sum_{j<=k} lambda_j / sum_j lambda_j` (spec 06 §6): with gamma = 0 this is the
+    `E_k = sum_{j<=k} lambda_j / sum_j lambda_j` (docs/whitening.md §6): with gamma = 0 this is the
     fraction of `sum_i ||x_i - beta mu||^2` that the first k columns of x~ keep. Non-decreasing
     in k, E_D = 1 (all ones if the data has no spread at all).
 
@@ -247,7 +247,7 @@ def cosine_similarity(a, b) -> np.ndarray:
 
 
 def spearman_of_cosine(a, b, labels) -> float:
-    """Spearman correlation between pair cosines and gold labels (spec 06 §3; x100 in tables).
+    """Spearman correlation between pair cosines and gold labels (docs/whitening.md §3; x100 in tables).
 
     Args:
         a, b: [P, D] vectors of the two sides of each pair.
@@ -296,9 +296,9 @@ def sweep(
 ) -> SweepResult:
     """Evaluates a grid of (beta, gamma, k) on a labelled split and returns the best and the grid.
 
-    For each beta the statistics are fitted once on `fit_on` (spec 06 §3: all sentence vectors
+    For each beta the statistics are fitted once on `fit_on` (docs/whitening.md §3: all sentence vectors
     of the task; default both sides of the given pairs), then every (gamma, k) transforms both
-    sides with `apply` and is scored by `metric(apply(a), apply(b), labels)`; spec 06 §2 tunes
+    sides with `apply` and is scored by `metric(apply(a), apply(b), labels)`; docs/whitening.md §2 tunes
     beta, gamma, k this way on a labelled validation set when whitening is used to compress a
     supervised encoder.
 

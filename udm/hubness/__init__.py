@@ -1,5 +1,5 @@
 """Hubness: exact k-nearest neighbours, the k-occurrence N_k, its measures, hubness reduction,
-and the hubness-prior latent filter (spec 07).
+and the hubness-prior latent filter (docs/hubness.md).
 
     N_k(x_i) = #{ j != i : x_i in kNN(x_j) }                                        (H1)
 

@@ -94,7 +94,7 @@ def knn(x, k: int, *, metric: str = "euclidean", include_self: bool = False,
         k: neighbours per point, 1 <= k <= N - 1 (<= N with include_self).
         metric: "euclidean" or "cosine".
         include_self: count each point as a candidate neighbour of itself (scikit-learn /
-            scikit-hubness `kneighbors_graph` on the fitted set); the spec's N_k excludes it.
+            scikit-hubness `kneighbors_graph` on the fitted set); the documented N_k excludes it.
         block_size: query rows per block (memory only: results do not depend on it except through
             floating-point rounding of the matrix product).
         mesh: a 1-D data mesh (`udm.parallel.data_mesh`): query blocks are split over its

@@ -15,7 +15,7 @@ Array = jax.Array
 
 
 # ----------------------------------------------------------------------------------------------
-# Hubness-prior latent selection (spec 07 section 3)
+# Hubness-prior latent selection (docs/hubness.md §3)
 
 
 class HubSelection(NamedTuple):
@@ -39,7 +39,7 @@ def hub_select(*, dim: Optional[int] = None, sample_fn: Optional[Callable] = Non
                num_wanted: Optional[int] = None, max_rounds: int = 100,
                metric: str = "euclidean", include_self: bool = False,
                block_size: int = 1000, key: Optional[Array] = None) -> HubSelection:
-    """Latents with large hub values (the post's algorithm, spec 07 section 3.1).
+    """Latents with large hub values (the post's algorithm, docs/hubness.md §3.1).
 
         repeat: Z <- pool_size draws (N(0, I_dim) or sample_fn);
                 N_k of each z among Z, in z space or in the space of map_fn(Z);
@@ -193,7 +193,7 @@ def truncated_normal_matched(n: int, dim: int, target_mean_norm: float, *,
         (`truncation_radius`), by rejection of ||z|| > r.
 
     The truncation trick at a matched average norm, to compare with hub-selected latents
-    (spec 07 section 6).
+    (docs/hubness.md §6).
 
     Args:
         n: latents wanted.

@@ -12,7 +12,7 @@ from udm.hubness.knn import k_occurrence_of
 
 Array = jax.Array
 
-# The spec's threshold for "hub" in the table (frac N_k > 50) and in the latent filter (3.1).
+# The documented threshold for "hub" in the table (frac N_k > 50) and in the latent filter (3.1).
 DEFAULT_HUB_THRESHOLD = 50
 
 
@@ -123,7 +123,7 @@ def _pearson(a: Array, b: Array) -> Array:
 
 @jax.jit
 def corr_with_distance_to_mean(nk: Array, x: Array, center: Optional[Array] = None) -> Array:
-    """Pearson correlation of N_k with the distance to the data mean (spec 07 section 2).
+    """Pearson correlation of N_k with the distance to the data mean (docs/hubness.md §2).
 
         r = corr(N_k(x_i), ||x_i - c||),   c = (1/N) sum_i x_i  (or `center`).
 
@@ -153,7 +153,7 @@ def hubness_measures(nk: Array, k: int, x: Optional[Array] = None, *,
         k: the neighbourhood size.
         x: [N, d] the points, for the correlations (left out when None).
         hub_size: for `hub_occurrence`.
-        threshold: for frac_gt_threshold = #{N_k > threshold} / N (the spec's 50).
+        threshold: for frac_gt_threshold = #{N_k > threshold} / N (docs/hubness.md: 50).
 
     Returns:
         dict: mean, skewness, max, frac_gt_threshold (with `threshold`), frac_zero

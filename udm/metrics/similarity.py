@@ -1,4 +1,4 @@
-"""Scores of text embeddings against human similarity judgements (spec 06 §3)."""
+"""Scores of text embeddings against human similarity judgements (docs/whitening.md §3)."""
 import numpy as np
 
 

@@ -20,8 +20,8 @@ class BertOutputs(NamedTuple):
     Attributes:
         hidden_states: L + 1 arrays [B, N, C]: index 0 is the embedding output, index l the
             output of Transformer block l (so [1] is the "first layer" of first-last-avg pooling,
-            spec 06 §3 P4, and [-1] the last layer).
-        pooler_output: [B, C] `tanh(W h_[CLS] + b)`, BERT's next-sentence head (spec 06 P2).
+            docs/whitening.md §3 P4, and [-1] the last layer).
+        pooler_output: [B, C] `tanh(W h_[CLS] + b)`, BERT's next-sentence head (docs/whitening.md P2).
     """
 
     hidden_states: Tuple[chex.Array, ...]

@@ -85,13 +85,13 @@ class TokenDenoiser(nn.Module):
     max_time is None); `MLP` is Dense(width) -> GELU -> Dense(width).
 
     This is the x_0 predictor of the masking, edit and D3PM processes in `udm.processes`
-    (spec 01 B4); for the masking process `input_vocab_size = V + 1` ([MASK] = V) and
+    (docs/processes.md B4); for the masking process `input_vocab_size = V + 1` ([MASK] = V) and
     `output_vocab_size = V`. The blocks are those of `udm.nn.transformer.TransformerEncoder`
     (Vaswani et al., 2017, pre-LN as Xiong et al., 2020; RoPE, Su et al., 2021), with the
-    attention logit scale named by `attention_scale` (spec 05 Part A).
+    attention logit scale named by `attention_scale` (docs/entropy_attention.md Part A).
 
     With `input_vocab_size=None` the model reads vectors [B, l, D] instead of ids (the latents
-    of the encoding model, spec 01 B5) and `E[x_t]` becomes a linear map `W_in x_t`.
+    of the encoding model, docs/processes.md (B5)) and `E[x_t]` becomes a linear map `W_in x_t`.
 
     Attributes:
         input_vocab_size: number of ids the model reads (V + 1 when the process has [MASK]);

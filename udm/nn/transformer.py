@@ -62,7 +62,7 @@ class TransformerEncoder(nn.Module):
     `h_0 = E[tokens]`; per layer `h = h + Attn(LN(h))`, `h = h + MLP(LN(h))`;
     `logits = W LN(h_L)`. Positions enter only through the rotary embedding of queries and keys,
     so the same parameters run at any length; the attention logit scale follows the rule
-    `attention_scale` (spec 05 Part A: "standard" = Attention-O, "entropy_invariant" =
+    `attention_scale` (docs/entropy_attention.md Part A: "standard" = Attention-O, "entropy_invariant" =
     Attention-E), with n = the number of valid keys of each query.
 
     Attributes:

@@ -91,7 +91,7 @@ def make_eval_sampler(spec: Spec, process, eval_apply, name: str, num_steps: int
 
     With spec.sampler.clip_x0 the x_0 estimates (the final samples, for the SDE / ODE
     solvers) are clipped to the data range [-1, 1]; token processes predict logits, which are
-    not clipped. A ddpm / ddim row runs with spec.sampler.variance (spec 04): sigma_bar is
+    not clipped. A ddpm / ddim row runs with spec.sampler.variance (docs/optimal_variance.md): sigma_bar is
     the [T + 1] table of analytic / ml_isotropic (`estimate_sigma_bar`), head the NPR / SN head
     (the sampler's params are then {"mean": ..., "head": ...}). spacing overrides
     spec.sampler.spacing (e.g. with an explicit sub-sequence from optimal_trajectory).

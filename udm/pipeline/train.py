@@ -330,7 +330,7 @@ def make_variance_head(spec: Spec, experiment: Experiment):
 
 def train_variance_head(spec: Spec, workdir: str, mean_params, *,
                         experiment: Optional[Experiment] = None) -> TrainState:
-    """Stage 2 of NPR-DPM / SN-DPM (spec 04 §3.7): trains only the variance head, mean frozen.
+    """Stage 2 of NPR-DPM / SN-DPM (docs/optimal_variance.md §3.7): trains only the variance head, mean frozen.
 
     Writes workdir/variance_head/{checkpoints, metrics.jsonl, tensorboard}; resumes like
     `train`. spec.variance.head names the kind ("npr" or "sn").

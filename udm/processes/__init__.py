@@ -4,7 +4,7 @@ Every process satisfies one contract (`udm.processes.base.Process`, optional abi
 its `Capabilities`) and runs through the one sampler entry point (udm.sampling.make_sampler) and
 the one loss (udm.losses.make_loss_fn): Gaussian noise (B1), cold blur and heat dissipation (B2,
 C1), masking (B4), edit (B3), the encoding model (B5, a learned encoder with noise in its latent),
-D3PM transition matrices (C2) (spec 01), and the continuous-time SDEs (spec 03).
+D3PM transition matrices (C2) (docs/processes.md), and the continuous-time SDEs (docs/sde_ode.md).
 """
 from udm.processes.base import Capabilities, Process, correct_by_inversion
 from udm.processes.cold import LinearDegradationProcess, cold_blur

@@ -1,11 +1,11 @@
 """The one process contract: every forward corruption, discrete or continuous time.
 
-A process describes x_t = F_t(x_0, eps) and how to step back towards x_0 (spec 01 A1-A8). It is
+A process describes x_t = F_t(x_0, eps) and how to step back towards x_0 (docs/udm.md A1-A8). It is
 a frozen dataclass of arrays and numbers with pure methods, satisfying `Process` below; what it
 can do beyond the contract is declared once, in its `capabilities` (a `Capabilities`), so that the
 loss, the samplers and the pipeline never ask which process they hold.
 
-The UDM "correct" step shared by every process whose noise is Gaussian and invertible, spec 01
+The UDM "correct" step shared by every process whose noise is Gaussian and invertible, docs/udm.md
 (A8): with eps = sqrt(1 - sigma_tilde^2) eps_1 + sigma_tilde eps_2, replace eps_1 by the noise
 inferred from (x_0_hat, x_t) and draw eps_2 fresh:
 
@@ -101,7 +101,7 @@ class DiscreteTime:
         return t
 
     def sample_time(self, key, batch: int, *, time_sampling: str = "uniform"):
-        """t ~ U{1..T} per example (spec 01 A4); no importance ratio."""
+        """t ~ U{1..T} per example (docs/udm.md A4); no importance ratio."""
         del time_sampling  # only "uniform" (check_loss_options)
         return jax.random.randint(key, (batch,), 1, self.num_timesteps + 1), None
 
@@ -114,7 +114,7 @@ class DiscreteTime:
 
 def correct_by_inversion(process, t, s, xt: Array, x0_hat: Array, *,
                          sigma_tilde, key) -> Array:
-    """One UDM correction x_t -> x_s given the estimate x0_hat (spec 01, A8).
+    """One UDM correction x_t -> x_s given the estimate x0_hat (docs/udm.md A8).
 
     Args:
       process: any process with `forward(t, x0, eps)` and `invert(t, x0, xt)`.
@@ -141,7 +141,7 @@ def check_no_weighting(process_name: str, weighting: str) -> None:
 
 # --- the optional capabilities, used through these helpers ----------------------------------
 #
-# The encoding model (spec 01 B5) learns its encoder jointly with the predictor: the trained
+# The encoding model (docs/processes.md B5) learns its encoder jointly with the predictor: the trained
 # pytree is then {"network": ..., "process": ...}. Its chain also runs in a latent space, so its
 # last state is decoded. The loss, the sampler and the trainer call these helpers.
 

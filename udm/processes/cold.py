@@ -1,4 +1,4 @@
-"""Cold diffusion with a linear degradation: x_t = F_t(x_0) + sigma eps (spec 01 B2, Bansal et al.).
+"""Cold diffusion with a linear degradation: x_t = F_t(x_0) + sigma eps (docs/processes.md B2, Bansal et al.).
 
 F_t is linear and acts on each channel of an [..., H, W, C] image through a dense [P, P] matrix on
 the P = H W flattened pixels (row-major, index h W + w). Dense operators are the honest choice for
@@ -124,7 +124,7 @@ class LinearDegradationProcess(DiscreteTime):
         out = jnp.einsum("pq,...qc->...pc", self.ops[t].astype(x.dtype), flat)
         return out.reshape(x.shape)
 
-    # --- forward corruption and its inverse (spec 01 A1, B2) -----------------------------
+    # --- forward corruption and its inverse (docs/udm.md A1; docs/processes.md B2) -------
 
     def sample_eps(self, key, shape, dtype=jnp.float32) -> Array:
         """eps ~ q(eps) = N(0, I)."""
@@ -192,7 +192,7 @@ class LinearDegradationProcess(DiscreteTime):
             self, prior_mean=jnp.asarray(mean.reshape(self.image_shape), jnp.float32),
             prior_chol=jnp.asarray(chol, jnp.float32))
 
-    # --- the correct step (spec 01 A8, B2.1, B2.2) ---------------------------------------
+    # --- the correct step (docs/udm.md A8; docs/processes.md B2.1, B2.2) -----------------
 
     def correct(self, t, s, xt: Array, x0_hat: Array, *, sigma_tilde, key) -> Array:
         """x_s = F_s(x0_hat) + sqrt(1 - sigma_tilde^2) (x_t - F_t(x0_hat)) + sigma_tilde sigma eps.
@@ -226,7 +226,7 @@ class LinearDegradationProcess(DiscreteTime):
                              f"degradation; valid names: {', '.join(LOSS_WEIGHTINGS)}")
 
     def loss(self, t, x0: Array, eps: Array, output: Array, *, weighting: str = "none"):
-        """(l1, l1) of one example: mean(|x_0 - G_t(x_t)|) (spec 01 B2, Cold Diffusion's loss)."""
+        """(l1, l1) of one example: mean(|x_0 - G_t(x_t)|) (docs/processes.md B2, Cold Diffusion's loss)."""
         del t, eps
         self.check_weighting(weighting)
         l1 = jnp.mean(jnp.abs(x0 - output))
@@ -263,7 +263,7 @@ def blur_operator(hw: Tuple[int, int], kernel: np.ndarray, padding: str = "circu
 def cold_blur(image_shape: Sequence[int] = (8, 8, 1), num_timesteps: int = 20,
               kernel_size: int = 5, kernel_std: float = 2.0, padding: str = "circular",
               sigma: float = 0.0, prior_noise: float = 0.0) -> LinearDegradationProcess:
-    """Cold-Diffusion deblurring forward F_t = K_t o ... o K_1 (spec 01 B2), adapted to 8x8 digits.
+    """Cold-Diffusion deblurring forward F_t = K_t o ... o K_1 (docs/processes.md B2), adapted to 8x8 digits.
 
     The Cold-Diffusion MNIST setting is T = 20, an 11x11 kernel of constant std 7 and circular
     padding on 28x28 images. Scaled to 8x8 images (factor 8/28), the std becomes 7 * 8 / 28 = 2.0

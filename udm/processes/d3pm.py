@@ -1,4 +1,4 @@
-"""D3PM: per-token discrete diffusion with uniform or absorbing transition matrices (spec 01 C2).
+"""D3PM: per-token discrete diffusion with uniform or absorbing transition matrices (docs/processes.md C2).
 
 Forward, per token (Austin et al., "Structured Denoising Diffusion Models in Discrete
 State-Spaces", arXiv 2107.03006):
@@ -21,7 +21,7 @@ State space and network sizes:
     (a transformer whose input and output vocabularies are equal) is accepted as well and its
     MASK logit is dropped, since x_0 is never MASK.
 
-In UDM terms (spec 01 A1-A8): eps is one uniform u ~ U[0, 1) per token and
+In UDM terms (docs/udm.md A1-A8): eps is one uniform u ~ U[0, 1) per token and
 F_t(x_0, u) = x_0 if u < alpha_bar_t else a noise token drawn from m by the same u (inverse CDF),
 so x_t ~ Cat(x_0 Q_bar_t) exactly. The estimate p(x_0 | x_t) is the network's logits; the correct
 step is the posterior mixture p(x_s | x_t) = sum_{x_0} q(x_s | x_t, x_0) p(x_0 | x_t) (A2;
@@ -160,7 +160,7 @@ class D3PMProcess(DiscreteTime):
         eye = jnp.eye(self.num_states, dtype=jnp.float32)
         return keep * eye + (1.0 - keep) * self.noise_distribution()[None, :]
 
-    # --- forward corruption (spec 01 A1, C2) ---------------------------------------------
+    # --- forward corruption (docs/udm.md A1; docs/processes.md C2) -----------------------
 
     def sample_eps(self, key, shape, dtype=jnp.int32) -> Array:
         """eps ~ U[0, 1)^shape, one uniform per token: float32 [B, l] whatever `dtype`.
@@ -228,7 +228,7 @@ class D3PMProcess(DiscreteTime):
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"{name} must hold integer token ids, got {tokens.dtype}")
 
-    # --- the correct step (spec 01 A3, A6, C2) ---------------------------------------------
+    # --- the correct step (docs/udm.md A3, A6; docs/processes.md C2) -----------------------
 
     def reverse_log_probs(self, t, s, xt: Array, x0_logits: Array) -> Array:
         """log p(x_s | x_t) [..., l, K], p ∝ (x_t Q_{s->t}^T) ⊙ (w Q_bar_s).
@@ -307,7 +307,7 @@ class D3PMProcess(DiscreteTime):
         fresh = jax.random.uniform(choice_key, xt.shape) < sigma_tilde
         return jnp.where(fresh, baseline, improved.astype(jnp.int32))
 
-    # --- training loss (spec 01 A4) --------------------------------------------------------
+    # --- training loss (docs/udm.md A4) ----------------------------------------------------
 
     def check_weighting(self, weighting: str) -> None:
         D3PM_WEIGHTINGS.get(weighting)

@@ -1,4 +1,4 @@
-"""Edit model: F_t substitutes t of the l tokens (spec 01 B3), T = l.
+"""Edit model: F_t substitutes t of the l tokens (docs/processes.md B3), T = l.
 
 eps = (priority, replacement): one uniform priority per position (the t smallest are edited,
 udm.processes.tokens) and one replacement draw per position.
@@ -9,7 +9,7 @@ udm.processes.tokens) and one replacement draw per position.
     tokens != x_0, so d_H(x_0, x_t) = t exactly and invert recovers positions and offsets.
 
 The correct step x_t -> x_s (s < t):
-  estimate (v2, our implementation choice of spec B3): with q_i = softmax(logits_i), score
+  estimate (v2, our implementation choice of docs/processes.md B3): with q_i = softmax(logits_i), score
     r_i = 1 - q_i(x_{t,i}), take the t positions with the largest r_i (ties broken at random),
     and draw their tokens from q_i restricted to tokens != x_{t,i}; elsewhere x0_hat = x_t.
     So x0_hat differs from x_t in exactly t positions, as x_0 does. v1 draws x0_hat ~ q freely.
@@ -83,7 +83,7 @@ class EditProcess(DiscreteTime):
     def num_input_tokens(self) -> int:
         return self.vocab_size
 
-    # --- forward corruption and its inverse (spec 01 A1, B3) -------------------------------
+    # --- forward corruption and its inverse (docs/udm.md A1; docs/processes.md B3) ---------
 
     def sample_eps(self, key, shape, dtype=jnp.int32) -> EditNoise:
         """eps ~ q(eps): priorities U[0, 1) and replacements (v1: U{0..V-1}, v2: U{1..V-1})."""
@@ -135,7 +135,7 @@ class EditProcess(DiscreteTime):
             raise ValueError(f"shape must be [..., l={self.seq_len}], got {tuple(shape)}")
         return jax.random.randint(key, shape, 0, self.vocab_size, dtype)
 
-    # --- estimate and correct (spec 01 A3, A8, B3) -------------------------------------------
+    # --- estimate and correct (docs/udm.md A3, A8; docs/processes.md B3) ---------------------
 
     def x0_from_output(self, t, xt: Array, output: Array) -> Array:
         """The estimate of q(x_0 | x_t) is the network's logits [..., l, V] themselves."""
@@ -200,7 +200,7 @@ class EditProcess(DiscreteTime):
         refresh = tokens.refresh_rows(sigma_tilde, xt.shape[:-1], key=coin_key)
         return self.forward(s, x0_hat, tokens.select_rows(refresh, fresh, inferred))
 
-    # --- training (spec 01 A4) ----------------------------------------------------------------
+    # --- training (docs/udm.md A4) ------------------------------------------------------------
 
     def check_weighting(self, weighting: str) -> None:
         check_no_weighting("edit", weighting)
@@ -219,5 +219,5 @@ class EditProcess(DiscreteTime):
 
 def edit(seq_len: int, vocab_size: int, version: int = 2, *,
          target_entropy: Optional[float] = None) -> EditProcess:
-    """The edit model of spec 01 B3 with T = seq_len (version 2 recommended)."""
+    """The edit model of docs/processes.md (B3) with T = seq_len (version 2 recommended)."""
     return EditProcess(seq_len, vocab_size, version, target_entropy)

@@ -1,4 +1,4 @@
-"""Encoding model: a learned token encoder plus Gaussian noise in the latent (spec 01 B5).
+"""Encoding model: a learned token encoder plus Gaussian noise in the latent (docs/processes.md B5).
 
 Forward, for token sequences x_0 (int [..., l]) and a trainable encoder F (one vector per token):
 
@@ -10,7 +10,7 @@ estimate step draws x0_hat ~ q(x_0 | x_t) (or takes its argmax, or the posterior
 E_q[F(x_0)]), the correct step is (A8) with the inferred noise (x_t - alpha_bar_t F(x0_hat)) /
 beta_bar_t. The last step (s = 0, alpha_bar_0 = 1, beta_bar_0 = 0) lands exactly on F(x0_hat),
 and `decode` maps a latent to the token of the nearest encoder vector, so the sampler returns
-x0_hat ~ q(x_0 | x_1) itself, as the spec asks.
+x0_hat ~ q(x_0 | x_1) itself, as docs/processes.md (B5) asks.
 
 Embedding-scale collapse (our guard, not the post's): trained jointly, the encoder can grow
 ||F|| without bound (the cross-entropy falls as the signal-to-noise ratio of every t rises),
@@ -50,7 +50,7 @@ class EncodingProcess(DiscreteTime):
       vocab_size: V.
       normalize: rescale every encoder vector to norm sqrt(D) (the collapse guard).
       estimate: how x0_hat is taken from q(x_0 | x_t) in the correct step: "sample" (the
-        spec's estimate step), "argmax", or "mean" (the posterior mean latent E_q[F(x_0)]).
+        documented estimate step), "argmax", or "mean" (the posterior mean latent E_q[F(x_0)]).
     """
 
     capabilities = Capabilities(tokens=True, ddpm_variance=True, learned_params=True,
@@ -126,7 +126,7 @@ class EncodingProcess(DiscreteTime):
         sq = jnp.where(jnp.eye(self.vocab_size, dtype=bool), jnp.inf, sq)
         return {"encoder_rms": rms, "encoder_min_distance": jnp.sqrt(jnp.min(sq))}
 
-    # --- forward corruption and its inverse (spec 01 A1, B5) ------------------------------
+    # --- forward corruption and its inverse (docs/udm.md A1; docs/processes.md B5) --------
 
     def _check_latent(self, name: str, z: Array) -> None:
         shape = jnp.shape(z)
@@ -154,7 +154,7 @@ class EncodingProcess(DiscreteTime):
         """x_T ~ N(0, I) of shape [..., l, D] for token shape [..., l]."""
         return self.sample_eps(key, shape, dtype)
 
-    # --- estimate and correct (spec 01 A3, A8, B1, B5) ---------------------------------------
+    # --- estimate and correct (docs/udm.md A3, A8; docs/processes.md B1, B5) -----------------
 
     def x0_from_output(self, t, xt: Array, output: Array) -> Array:
         """The estimate of q(x_0 | x_t) is the network's logits [..., l, V] themselves."""
@@ -207,7 +207,7 @@ class EncodingProcess(DiscreteTime):
         log_prior = jnp.broadcast_to(log_prior, sq.shape)
         return log_prior - sq / (2.0 * b ** 2)
 
-    # --- loss (spec 01 A4, B5) ------------------------------------------------------------
+    # --- loss (docs/udm.md A4; docs/processes.md B5) --------------------------------------
 
     def check_weighting(self, weighting: str) -> None:
         check_no_weighting("encoding", weighting)

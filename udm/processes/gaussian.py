@@ -1,4 +1,4 @@
-"""Hot (Gaussian) diffusion: F_t(x_0, eps) = alpha_bar_t x_0 + beta_bar_t eps (spec 01 B1, spec 02).
+"""Hot (Gaussian) diffusion: F_t(x_0, eps) = alpha_bar_t x_0 + beta_bar_t eps (docs/processes.md B1, docs/ddpm_ddim.md).
 
 The process is a pytree of schedule arrays with pure methods. Methods take a scalar integer
 time `t` shared by every array they touch (one example, or a batch at one time); per-example
@@ -71,7 +71,7 @@ class GaussianProcess(DiscreteTime):
     def num_timesteps(self) -> int:
         return self.alpha_bar.shape[0] - 1
 
-    # --- forward corruption and its inverse (spec 01 A1, B1) -------------------------------
+    # --- forward corruption and its inverse (docs/udm.md A1; docs/processes.md B1) ---------
 
     def sample_eps(self, key, shape, dtype=jnp.float32) -> Array:
         """eps ~ q(eps) = N(0, I)."""
@@ -93,7 +93,7 @@ class GaussianProcess(DiscreteTime):
         """x_T ~ N(0, I), the usual stand-in for p(x_T) = N(alpha_bar_T x_0, beta_bar_T^2 I)."""
         return jax.random.normal(key, shape, dtype)
 
-    # --- the correct step (spec 01 A8, B1.1) --------------------------------------------
+    # --- the correct step (docs/udm.md A8; docs/processes.md B1.1) ----------------------
 
     def correct(self, t, s, xt: Array, x0_hat: Array, *, sigma_tilde, key) -> Array:
         """x_s ~ p(x_s | x_t, x_0 = x0_hat); sigma_s = beta_bar_s sigma_tilde in the DDIM family (D6)."""
@@ -103,7 +103,7 @@ class GaussianProcess(DiscreteTime):
         """sigma_tilde of DDPM on the step t -> s: sigma_s = (beta_bar_s / beta_bar_t) sqrt(1 - alpha_bar_t^2 / alpha_bar_s^2).
 
         On the full chain (s = t - 1) this is the posterior std beta_bar_{t-1} beta_t / beta_bar_t
-        of (D3); on a sub-sequence it is the recomputed value of spec 02 §2.4. Divided by
+        of (D3); on a sub-sequence it is the recomputed value of docs/ddpm_ddim.md §2.4. Divided by
         beta_bar_s it is sqrt(1 - (alpha_bar_t / alpha_bar_s)^2) / beta_bar_t, finite at s = 0.
         """
         ratio = self.alpha_bar[t] / self.alpha_bar[s]
@@ -140,6 +140,6 @@ class GaussianProcess(DiscreteTime):
         LOSS_WEIGHTINGS.get(weighting)
 
     def loss(self, t, x0: Array, eps: Array, output: Array, *, weighting: str = "none"):
-        """(w(t) mse, mse) of one example: mse = mean((output - target)^2) (spec 01 A5, B1)."""
+        """(w(t) mse, mse) of one example: mse = mean((output - target)^2) (docs/udm.md A5; docs/processes.md B1)."""
         mse = jnp.mean((output - self.target(t, x0, eps)) ** 2)
         return self.loss_weight(t, weighting) * mse, mse

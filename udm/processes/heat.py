@@ -1,9 +1,9 @@
-"""Heat-dissipation forward F_t = V exp(-Lambda tau_t) V^T (spec 01 C1, Rissanen et al. 2206.13397).
+"""Heat-dissipation forward F_t = V exp(-Lambda tau_t) V^T (docs/processes.md C1, Rissanen et al. 2206.13397).
 
 The heat equation du/dtau = Laplacian(u) on an H x W image with Neumann (zero-flux) boundary is
 diagonal in the orthonormal 2-D DCT-II basis V, with eigenvalues
 -Lambda_mn = -pi^2 (n^2 / W^2 + m^2 / H^2) (m the vertical, n the horizontal frequency, in the
-spec's pixel units), so running it for a time tau is F = V exp(-Lambda tau) V^T: linear, symmetric,
+documented pixel units), so running it for a time tau is F = V exp(-Lambda tau) V^T: linear, symmetric,
 contractive (eigenvalues in (0, 1]), constant images are fixed points (Lambda_00 = 0), and
 F(tau) F(tau') = F(tau + tau'). It is a `LinearDegradationProcess` like the Cold-Diffusion blur,
 with x_t = F_t(x_0) + sigma eps; with UDM the network predicts x_0 and samples with (B2.2) / (A8).
@@ -11,7 +11,7 @@ with x_t = F_t(x_0) + sigma eps; with UDM the network predicts x_0 and samples w
 
 Schedule choices, for 8x8 images. Rissanen et al. use log-spaced blur widths sigma_B from about
 0.5 to a maximum of the order of the image size, tau = sigma_B^2 / 2, and sigma ~ 0.01; these
-values are as recalled by the spec and are UNVERIFIED. Here tau_1 = 0.5^2 / 2 = 0.125 and
+values are as recalled in docs/processes.md and are UNVERIFIED. Here tau_1 = 0.5^2 / 2 = 0.125 and
 tau_max = 50: the slowest non-constant mode decays as exp(-pi^2 / 8^2 * 50) = exp(-7.7) ~ 5e-4,
 so F_T(x_0) is the per-channel mean image to within 5e-4 of the data range.
 """

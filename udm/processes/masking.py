@@ -1,4 +1,4 @@
-"""Masking model: F_t replaces t of the l tokens by [MASK] (spec 01 B4), T = l.
+"""Masking model: F_t replaces t of the l tokens by [MASK] (docs/processes.md B4), T = l.
 
 eps is one uniform priority per position; the t smallest are masked (udm.processes.tokens).
 The network reads vocab_size + 1 input ids ([MASK] = vocab_size) and outputs logits over the
@@ -62,7 +62,7 @@ class MaskingProcess(DiscreteTime):
         """Size of the network's input vocabulary: the real tokens plus [MASK]."""
         return self.vocab_size + 1
 
-    # --- forward corruption and its inverse (spec 01 A1, B4) -------------------------------
+    # --- forward corruption and its inverse (docs/udm.md A1; docs/processes.md B4) ---------
 
     def sample_eps(self, key, shape, dtype=jnp.int32) -> Array:
         """eps ~ U[0, 1)^shape: per-position priorities (the token dtype is not needed)."""
@@ -101,7 +101,7 @@ class MaskingProcess(DiscreteTime):
             raise ValueError(f"shape must be [..., l={self.seq_len}], got {tuple(shape)}")
         return jnp.full(shape, self.mask_id, dtype)
 
-    # --- estimate and correct (spec 01 A3, A8, B4) -------------------------------------------
+    # --- estimate and correct (docs/udm.md A3, A8; docs/processes.md B4) ---------------------
 
     def x0_from_output(self, t, xt: Array, output: Array) -> Array:
         """The estimate of q(x_0 | x_t) is the network's logits [..., l, V] themselves."""
@@ -140,7 +140,7 @@ class MaskingProcess(DiscreteTime):
         refresh = tokens.refresh_rows(sigma_tilde, xt.shape[:-1], key=coin_key)
         return self.forward(s, x0_hat, tokens.select_rows(refresh, fresh, inferred))
 
-    # --- training (spec 01 A4) ----------------------------------------------------------------
+    # --- training (docs/udm.md A4) ------------------------------------------------------------
 
     def check_weighting(self, weighting: str) -> None:
         check_no_weighting("masking", weighting)
@@ -162,5 +162,5 @@ class MaskingProcess(DiscreteTime):
 
 def masking(seq_len: int, vocab_size: int, *, target_entropy: Optional[float] = None
             ) -> MaskingProcess:
-    """The masking model of spec 01 B4 with T = seq_len; [MASK] = vocab_size."""
+    """The masking model of docs/processes.md (B4) with T = seq_len; [MASK] = vocab_size."""
     return MaskingProcess(seq_len, vocab_size, target_entropy)

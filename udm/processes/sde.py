@@ -1,4 +1,4 @@
-"""Continuous-time Gaussian diffusions as linear SDEs dx = f_t x dt + g_t dw, t in [0, 1] (spec 03).
+"""Continuous-time Gaussian diffusions as linear SDEs dx = f_t x dt + g_t dw, t in [0, 1] (docs/sde_ode.md).
 
 They are processes like the discrete ones (`udm.processes.base.Process`): forward corruption,
 inverse, the UDM correct step, DDPM's variance, the x_0 estimate of the network output and the
@@ -120,7 +120,7 @@ class SDE:
         return (xt - alpha_bar * x0) / beta_bar
 
     def correct(self, t, s, xt: Array, x0_hat: Array, *, sigma_tilde, key) -> Array:
-        """x_s ~ p(x_s | x_t, x_0 = x0_hat) by the UDM correct step (spec 01 A8), float s < t."""
+        """x_s ~ p(x_s | x_t, x_0 = x0_hat) by the UDM correct step (docs/udm.md A8), float s < t."""
         return correct_by_inversion(self, t, s, xt, x0_hat, sigma_tilde=sigma_tilde, key=key)
 
     def ddpm_sigma_tilde(self, t, s) -> Array:

@@ -1,4 +1,4 @@
-"""Helpers shared by the token corruptions (masking, edit; spec 01 B3, B4).
+"""Helpers shared by the token corruptions (masking, edit; docs/processes.md B3, B4).
 
 Both corruptions pick t of the l positions uniformly without replacement. The choice is
 reparameterised by one uniform priority per position, eps_i ~ U[0, 1): the corrupted positions

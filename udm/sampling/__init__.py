@@ -4,10 +4,10 @@
     out = sample(params, x_T, key=key)     # SampleOutput(x0, nfe, success, path)
 
 Samplers (one registry, `SAMPLERS`; each states which processes it supports):
-  ddpm, ddim, baseline, improved   estimate-then-correct (spec 01 A3), any process / any with
+  ddpm, ddim, baseline, improved   estimate-then-correct (docs/udm.md A3), any process / any with
                                    DDPM's variance, discrete or continuous time (`correct`)
-  em, pc                           reverse-time SDE (spec 03 S9) and predictor-corrector (`sde`)
-  ode_euler, ode_heun, ode_ddim, ode_adaptive   the probability-flow ODE (spec 03 S10; `ode`)
+  em, pc                           reverse-time SDE (docs/sde_ode.md S9) and predictor-corrector (`sde`)
+  ode_euler, ode_heun, ode_ddim, ode_adaptive   the probability-flow ODE (docs/sde_ode.md S10; `ode`)
 Time grids come from `grids`. A predictor is `(params, x_t, t) -> x0_hat` (or an `Estimate`).
 """
 from typing import Any

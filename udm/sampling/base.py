@@ -21,7 +21,7 @@ class Estimate(NamedTuple):
 
     std is a scalar or broadcasts against x0 (a state-dependent diagonal std, e.g. from the
     NPR-DPM / SN-DPM heads of udm.variance_heads). The sampler adds std * N(0, I) to x0, which
-    gives a step t -> s the variance sigma_s^2 + gamma_{t,s}^2 std^2 (spec 04 V1, §3.6).
+    gives a step t -> s the variance sigma_s^2 + gamma_{t,s}^2 std^2 (docs/optimal_variance.md V1, §3.6).
     """
     x0: Array
     std: Array

@@ -1,4 +1,4 @@
-"""The estimate-then-correct samplers (spec 01 A3): ddpm, ddim, baseline, improved.
+"""The estimate-then-correct samplers (docs/udm.md A3): ddpm, ddim, baseline, improved.
 
 One `jax.lax.scan` over a time grid (`udm.sampling.grids`). Each step: x0_hat =
 predictor(params, x_t, t) [+ std eps'], then x_s = process.correct(t, s, x_t, x0_hat,
@@ -120,7 +120,7 @@ _register("improved", _improved, needs_ddpm_variance=False)
 
 
 def slerp(z1, z2, lam):
-    """Spherical interpolation of Gaussian latents, z1 cos(lam pi/2) + z2 sin(lam pi/2) (spec 02 §2.5).
+    """Spherical interpolation of Gaussian latents, z1 cos(lam pi/2) + z2 sin(lam pi/2) (docs/ddpm_ddim.md §2.5).
 
     Keeps N(0, I) when z1, z2 are independent N(0, I); lam in [0, 1].
     """

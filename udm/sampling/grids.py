@@ -1,6 +1,6 @@
 """Time grids of every sampler: rows (t, s) from the top step down, s < t.
 
-Discrete time: an increasing sub-sequence tau_1 < ... < tau_K = T of {1..T} (spec 02 §2.4),
+Discrete time: an increasing sub-sequence tau_1 < ... < tau_K = T of {1..T} (docs/ddpm_ddim.md §2.4),
 as rows [[tau_K, tau_{K-1}], ..., [tau_1, 0]] of int32. Continuous time: K uniform steps from
 t = 1 down to t_min, as float32 rows [[1, 1 - h], ..., [t_min + h, t_min]].
 """

@@ -1,7 +1,7 @@
-"""The probability-flow ODE dx/dt = f_t x - 1/2 g_t^2 score(x, t) (spec 03, S10), and its solvers.
+"""The probability-flow ODE dx/dt = f_t x - 1/2 g_t^2 score(x, t) (docs/sde_ode.md S10), and its solvers.
 
 Fixed-step Euler and Heun run as one `jax.lax.scan` over a uniform time grid; "ddim" is Euler in
-the variables of spec 03 §2.4, d(x / alpha_bar) = eps(x, t) d(beta_bar / alpha_bar), whose steps
+the variables of docs/sde_ode.md §2.4, d(x / alpha_bar) = eps(x, t) d(beta_bar / alpha_bar), whose steps
 are exactly DDIM's (D7). Adaptive Runge-Kutta (Tsit5 / Dopri5 with a PID step-size controller)
 runs through diffrax and reports its number of function evaluations and whether it succeeded.
 The solvers integrate in either direction (1 -> t_min samples, t_min -> 1 encodes).

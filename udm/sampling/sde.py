@@ -1,4 +1,4 @@
-"""Reverse-time SDE and probability-flow ODE samplers of a continuous-time process (spec 03).
+"""Reverse-time SDE and probability-flow ODE samplers of a continuous-time process (docs/sde_ode.md).
 
 * "em": Euler-Maruyama on the one-parameter family of reverse SDEs that share the marginals
   (S9), dx = [f_t x - 1/2 (g_t^2 + sigma_t^2) score] dt + sigma_t dw with sigma_t = lambda g_t:

@@ -1,13 +1,13 @@
-"""Optimal reverse variances: Analytic-DPM (spec 04 §2) and the ML estimates of §3.3.
+"""Optimal reverse variances: Analytic-DPM (docs/optimal_variance.md §2) and the ML estimates of §3.3.
 
 Blog notation: x_t = alpha_bar_t x_0 + beta_bar_t eps. A reverse step t -> s of the DDIM family
-(spec 04 §2.1) with the point estimate x0_hat replaced by p(x_0|x_t) ~ N(mu_bar(x_t),
+(docs/optimal_variance.md §2.1) with the point estimate x0_hat replaced by p(x_0|x_t) ~ N(mu_bar(x_t),
 sigma_bar_t^2 I) has the same mean and the variance
 
     sigma_s^2 + gamma_{t,s}^2 sigma_bar_t^2,
     gamma_{t,s} = alpha_bar_s - alpha_bar_t sqrt(beta_bar_s^2 - sigma_s^2) / beta_bar_t   (V1)
 
-on any sub-sequence (sigma_s = eta * the DDPM value recomputed on the step, spec 02 §2.4).
+on any sub-sequence (sigma_s = eta * the DDPM value recomputed on the step, docs/ddpm_ddim.md §2.4).
 sigma_bar_t depends on t only, so a [T + 1] array of it serves every grid: it is the
 `sigma_bar` hook of `udm.sampling.make_sampler` (which adds N(0, sigma_bar_t^2) to x0_hat,
 realising exactly (V1) because x0_hat enters x_s with the coefficient gamma_{t,s}).
@@ -17,7 +17,7 @@ by Monte Carlo over training data (x_t = alpha_bar_t x_0 + beta_bar_t eps):
   analytic (V3):      (beta_bar_t^2 / alpha_bar_t^2) (1 - Gamma_t),  Gamma_t = E||eps_theta||^2/d;
   ML isotropic (V5):  (beta_bar_t^2 / alpha_bar_t^2) E||eps - eps_theta||^2 / d;
 and their diagonal forms (V4, V6). All are clipped into [0, min(beta_bar_t^2 / alpha_bar_t^2,
-max_var)] (spec 04 §2.3, §2.5 step 2), max_var = ((b - a)/2)^2 for data in [a, b].
+max_var)] (docs/optimal_variance.md §2.3, §2.5 step 2), max_var = ((b - a)/2)^2 for data in [a, b].
 Sources: Bao et al. arXiv 2201.06503 and 2206.07309; kexue.fm/archives/9245, 9246.
 """
 from udm.variance.moments import (EpsFn, eps_fn_from_x0_predictor, estimate_eps_mse,

@@ -108,7 +108,7 @@ def _run_monte_carlo(statistic, process, eps_fn, params, data, timesteps, *, key
 def estimate_gamma(process, eps_fn: EpsFn, params, data: Array, timesteps: Array, *, key,
                    num_samples: int, batch_size: int, diagonal: bool = False,
                    return_stderr: bool = False, mesh: Optional[Mesh] = None):
-    """Monte Carlo Gamma_t = E_{x_t ~ p(x_t)} ||eps_theta(x_t, t)||^2 / d for each t (spec 04 §2.5).
+    """Monte Carlo Gamma_t = E_{x_t ~ p(x_t)} ||eps_theta(x_t, t)||^2 / d for each t (docs/optimal_variance.md §2.5).
 
         Gamma_t ~ (1/N) sum_n ||eps_theta(alpha_bar_t x_0^n + beta_bar_t eps^n, t)||^2 / d,
         x_0^n drawn uniformly from `data`, eps^n ~ N(0, I)   (diagonal: eps_theta^2, for V4).
@@ -142,7 +142,7 @@ def estimate_gamma(process, eps_fn: EpsFn, params, data: Array, timesteps: Array
 def estimate_eps_mse(process, eps_fn: EpsFn, params, data: Array, timesteps: Array, *, key,
                      num_samples: int, batch_size: int, diagonal: bool = False,
                      return_stderr: bool = False, mesh: Optional[Mesh] = None):
-    """Monte Carlo E||eps - eps_theta(x_t, t)||^2 / d for each t, the per-t eps loss (spec 04 §3.3).
+    """Monte Carlo E||eps - eps_theta(x_t, t)||^2 / d for each t, the per-t eps loss (docs/optimal_variance.md §3.3).
 
         mse_t ~ (1/N) sum_n ||eps^n - eps_theta(alpha_bar_t x_0^n + beta_bar_t eps^n, t)||^2 / d
         (diagonal: the per-coordinate mean of (eps - eps_theta)^2, for V6).

@@ -23,7 +23,7 @@ def _noise_to_signal(process, timesteps: Array, like: Array) -> Array:
 
 def clip_sigma_bar_sq(process, timesteps: Array, sigma_bar_sq: Array, *,
                       max_var: Optional[float] = None) -> Array:
-    """Clips an estimate of Var[x_0|x_t] into the bounds of the optimum (spec 04 §2.3, §2.5).
+    """Clips an estimate of Var[x_0|x_t] into the bounds of the optimum (docs/optimal_variance.md §2.3, §2.5).
 
         0 <= sigma_bar_t^2 <= min(beta_bar_t^2 / alpha_bar_t^2, max_var),
 
@@ -49,7 +49,7 @@ def clip_sigma_bar_sq(process, timesteps: Array, sigma_bar_sq: Array, *,
 
 def analytic_sigma_bar_sq(process, gamma: Array, timesteps: Array, *,
                           max_var: Optional[float] = None) -> Array:
-    """Analytic-DPM's sigma_bar_t^2 from Gamma_t (spec 04 §2.4 V3, §2.5 step 2; diagonal: V4).
+    """Analytic-DPM's sigma_bar_t^2 from Gamma_t (docs/optimal_variance.md §2.4 V3, §2.5 step 2; diagonal: V4).
 
         sigma_bar_t^2 = (beta_bar_t^2 / alpha_bar_t^2) clip(1 - Gamma_t, 0, 1), then <= max_var.
 
@@ -70,7 +70,7 @@ def analytic_sigma_bar_sq(process, gamma: Array, timesteps: Array, *,
 
 def ml_sigma_bar_sq(process, eps_mse: Array, timesteps: Array, *,
                     max_var: Optional[float] = None) -> Array:
-    """The maximum-likelihood sigma_bar_t^2 given a frozen mean (spec 04 §3.3, V5; diagonal: V6).
+    """The maximum-likelihood sigma_bar_t^2 given a frozen mean (docs/optimal_variance.md §3.3, V5; diagonal: V6).
 
         sigma_bar_t^2 = (beta_bar_t^2 / (alpha_bar_t^2 d)) E ||eps - eps_theta(x_t, t)||^2,
 
@@ -113,7 +113,7 @@ def sigma_bar_table(process, sigma_bar_sq: Array, timesteps: Array) -> Array:
 
 def analytic_sigma_bar(process, gamma_by_t: Array, timesteps: Array, *,
                        max_var: Optional[float] = None) -> Array:
-    """Analytic-DPM's sigma_bar_t as a [T + 1] table for make_sampler (spec 04 §2.4-2.5, V3).
+    """Analytic-DPM's sigma_bar_t as a [T + 1] table for make_sampler (docs/optimal_variance.md §2.4-2.5, V3).
 
         sigma_bar_t = sqrt(min((beta_bar_t^2 / alpha_bar_t^2) clip(1 - Gamma_t, 0, 1), max_var))
 
@@ -132,7 +132,7 @@ def analytic_sigma_bar(process, gamma_by_t: Array, timesteps: Array, *,
 
 def ml_sigma_bar(process, eps_mse_by_t: Array, timesteps: Array, *,
                  max_var: Optional[float] = None) -> Array:
-    """The ML-isotropic sigma_bar_t as a [T + 1] table for make_sampler (spec 04 §3.3, V5).
+    """The ML-isotropic sigma_bar_t as a [T + 1] table for make_sampler (docs/optimal_variance.md §3.3, V5).
 
         sigma_bar_t = sqrt((beta_bar_t^2 / alpha_bar_t^2) E||eps - eps_theta||^2 / d), clipped.
 
@@ -145,7 +145,7 @@ def ml_sigma_bar(process, eps_mse_by_t: Array, timesteps: Array, *,
 # --- the reverse variance of each step of a grid --------------------------------------------
 
 def step_coefficients(process, grid: Array, eta: float):
-    """sigma_s^2 and gamma_{t,s} of each step t -> s of a grid (spec 04 §2.1, spec 02 §2.4).
+    """sigma_s^2 and gamma_{t,s} of each step t -> s of a grid (docs/optimal_variance.md §2.1, docs/ddpm_ddim.md §2.4).
 
         sigma_s = eta beta_bar_s sqrt(1 - (alpha_bar_t / alpha_bar_s)^2) / beta_bar_t,
         gamma_{t,s} = alpha_bar_s - alpha_bar_t sqrt(beta_bar_s^2 - sigma_s^2) / beta_bar_t,
@@ -170,7 +170,7 @@ def step_coefficients(process, grid: Array, eta: float):
 
 
 def corrected_reverse_var(process, grid: Array, sigma_bar: Array, *, eta: float) -> Array:
-    """The corrected reverse variance of each step of a grid (spec 04 §2.1 V1, §2.5 step 3).
+    """The corrected reverse variance of each step of a grid (docs/optimal_variance.md §2.1 V1, §2.5 step 3).
 
         var_{t->s} = sigma_s^2 + gamma_{t,s}^2 sigma_bar_t^2.
 
@@ -192,7 +192,7 @@ def corrected_reverse_var(process, grid: Array, sigma_bar: Array, *, eta: float)
 
 
 def pixel_clip_var(clip_pixel: float) -> float:
-    """The pixel-clip variance (clip_pixel (2/255) sqrt(pi/2))^2 (spec 04 §2.5).
+    """The pixel-clip variance (clip_pixel (2/255) sqrt(pi/2))^2 (docs/optimal_variance.md §2.5).
 
     A Gaussian with this variance has mean |noise| of clip_pixel levels on the [-1, 1] scale.
     """
@@ -201,7 +201,7 @@ def pixel_clip_var(clip_pixel: float) -> float:
 
 def sampling_clip(step_var: Array, grid: Array, *, clip_pixel: Optional[float] = None,
                   clip_sigma_idx: int = 1, noise_free_last: bool = True) -> Array:
-    """The released Analytic-DPM code's sampling-time clips of the step variances (spec 04 §2.5).
+    """The released Analytic-DPM code's sampling-time clips of the step variances (docs/optimal_variance.md §2.5).
 
         var_{t->s} <- min(var_{t->s}, (clip_pixel (2/255) sqrt(pi/2))^2)  if 0 < s <= tau_idx,
         var_{tau_1->0} <- 0 (the final step is the mean only),
@@ -329,7 +329,7 @@ def estimate_sigma_bar(name: str, process, eps_fn: EpsFn, params, data: Array,
                        mesh: Optional[Mesh] = None) -> Optional[Array]:
     """The [T + 1] sigma_bar table of a VARIANCES choice (None for the fixed ones).
 
-    analytic: V3 from `estimate_gamma`; ml_isotropic: V5 from `estimate_eps_mse` (spec 04).
+    analytic: V3 from `estimate_gamma`; ml_isotropic: V5 from `estimate_eps_mse` (docs/optimal_variance.md).
 
     Args:
         name: a VARIANCES name.
@@ -350,7 +350,7 @@ def estimate_sigma_bar(name: str, process, eps_fn: EpsFn, params, data: Array,
 
 def reverse_variance(name: str, process, grid: Array, *, eta: float = 1.0,
                      sigma_bar: Optional[Array] = None) -> Array:
-    """The reverse variance of each step of a grid for a VARIANCES choice (spec 04, spec 02).
+    """The reverse variance of each step of a grid for a VARIANCES choice (docs/optimal_variance.md, docs/ddpm_ddim.md).
 
         fixed_small: (eta sigma_s^DDPM)^2;  fixed_large: 1 - (alpha_bar_t / alpha_bar_s)^2;
         analytic, ml_isotropic: sigma_s^2 + gamma_{t,s}^2 sigma_bar_t^2   (V1).

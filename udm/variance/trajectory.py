@@ -10,7 +10,7 @@ Array = Any
 # --- the chain of a grid, for likelihood.variational_bound ---------------------------------
 
 def chain_from_grid(process, grid: Array):
-    """The K-step chain of a grid: index i is time tau_i, index 0 the data (spec 02 §2.4).
+    """The K-step chain of a grid: index i is time tau_i, index 0 the data (docs/ddpm_ddim.md §2.4).
 
         alpha_bar_chain[i] = alpha_bar_{tau_i},  beta_bar_chain[i] = beta_bar_{tau_i},  tau_0 = 0.
 

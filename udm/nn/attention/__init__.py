@@ -1,4 +1,4 @@
-"""Multi-head softmax attention with a length-aware logit scale (spec 05 Part A), and Flax blocks.
+"""Multi-head softmax attention with a length-aware logit scale (docs/entropy_attention.md Part A), and Flax blocks.
 
 scales.py: the rules lambda(n, d) and their registry; functional.py: attention as pure
 functions; layers.py: the Flax modules.

@@ -37,9 +37,9 @@ def attention_weights(
 ) -> chex.Array:
     """Attention probabilities `a_ij = softmax_j(lambda_i q_i . k_j)` over the valid keys.
 
-    Equation (E1) of spec 05 with lambda_i from the rule `scale` (see `logit_scale`). For
+    Equation (E1) of docs/entropy_attention.md with lambda_i from the rule `scale` (see `logit_scale`). For
     "entropy_normalized" each row is then mapped to `a_ij^gamma_i / sum_j a_ij^gamma_i` with
-    entropy `H_i = -sum_j a_ij log a_ij = entropy_target` (spec 05, N1, B.4).
+    entropy `H_i = -sum_j a_ij log a_ij = entropy_target` (docs/entropy_attention.md N1, B.4).
 
     Args:
         q: [B, N, H, D] queries.
@@ -99,7 +99,7 @@ def attention(
     """Multi-head softmax attention with a named, length-aware logit scale.
 
     `o_i = sum_j a_ij v_j`, `a_ij = softmax_j(lambda_i q_i . k_j)` over the keys that query i
-    may attend to (spec 05, E1), with `lambda_i = rule(n_i, d)`: "standard" 1/sqrt(d),
+    may attend to (docs/entropy_attention.md E1), with `lambda_i = rule(n_i, d)`: "standard" 1/sqrt(d),
     "entropy_invariant" log_{n0}(n_i)/sqrt(d) (E3), "power" (log n_i/log n0)^p/sqrt(d),
     "ssmax" s_h log n_i/sqrt(d), "entropy_normalized" 1/sqrt(d) then rows mapped to the target
     entropy (8829). n_i is the number of valid keys of query i (`mask.sum(-1)`, or M).
@@ -153,7 +153,7 @@ def dot_product_attention(
 ) -> chex.Array:
     """Per-head softmax attention `o_i = sum_j a_ij v_j`, `a_ij = softmax_j(scale * q_i . k_j)`.
 
-    Equation (E1) of spec 05 with a given lambda; Vaswani et al. (2017) use
+    Equation (E1) of docs/entropy_attention.md with a given lambda; Vaswani et al. (2017) use
     `scale = 1 / sqrt(d)`. `attention` is the entry point with named, length-aware scales.
 
     Args:

@@ -13,7 +13,7 @@ from udm.nn.attention.scales import ATTENTION_SCALES, valid_key_counts
 
 # Initial learned entropy target H*_h(n) = offset_h + slope_h log n: in the untrained regime
 # (random directions, |q| = |k| = sqrt(d)) standard attention has H ~ log n - lambda^2 d / 2 =
-# log n - 1/2 (spec 05, A.9), so entropy normalisation starts where standard attention is.
+# log n - 1/2 (docs/entropy_attention.md A.9), so entropy normalisation starts where standard attention is.
 _TARGET_OFFSET_INIT = -0.5
 _TARGET_SLOPE_INIT = 1.0
 

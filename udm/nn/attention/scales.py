@@ -59,7 +59,7 @@ def _log(n: Union[Number, chex.Array]) -> Union[float, chex.Array]:
 def standard_scale(n_keys, head_dim: int, *, p: float = 0.5, n0: float = 512.0, ssmax_s=None):
     """Standard ("Attention-O") scale, independent of the number of keys.
 
-    `lambda = 1 / sqrt(d)` (spec 05, E1; Vaswani et al., 2017).
+    `lambda = 1 / sqrt(d)` (docs/entropy_attention.md E1; Vaswani et al., 2017).
 
     Args:
         n_keys: number of valid keys n, int or [B, H, N, 1] (unused by this rule).
@@ -78,7 +78,7 @@ def entropy_invariant_scale(n_keys, head_dim: int, *, p: float = 0.5, n0: float 
                             ssmax_s=None):
     """Entropy-invariant ("Attention-E") scale, calibrated to the standard one at n = n0.
 
-    `lambda = log_{n0}(n) / sqrt(d) = (log n / log n0) / sqrt(d)`, n0 = 512 (spec 05, E3;
+    `lambda = log_{n0}(n) / sqrt(d) = (log n / log n0) / sqrt(d)`, n0 = 512 (docs/entropy_attention.md E3;
     Su, kexue.fm/archives/8823). A single visible key gives log 1 = 0: a zero scale, which is
     harmless because the softmax over one key is 1 whatever the scale.
 
@@ -100,7 +100,7 @@ def entropy_invariant_scale(n_keys, head_dim: int, *, p: float = 0.5, n0: float 
 def power_scale(n_keys, head_dim: int, *, p: float = 0.5, n0: float = 512.0, ssmax_s=None):
     """Interpolation between the standard (p = 0) and entropy-invariant (p = 1) scales.
 
-    `lambda = (log n / log n0)^p / sqrt(d)` (spec 05, A.8); p = 0.5 is the ablation of A.9.
+    `lambda = (log n / log n0)^p / sqrt(d)` (docs/entropy_attention.md A.8); p = 0.5 is the ablation of A.9.
 
     Args:
         n_keys: number of valid keys n >= 1, int or [B, H, N, 1].
@@ -143,7 +143,7 @@ def entropy_normalized_scale(n_keys, head_dim: int, *, p: float = 0.5, n0: float
                              ssmax_s=None):
     """Logit scale of entropy-normalised attention: the standard one, `lambda = 1 / sqrt(d)`.
 
-    The rows are then mapped to a target entropy (spec 05, N1 and B.4; kexue.fm/archives/8829),
+    The rows are then mapped to a target entropy (docs/entropy_attention.md N1 and B.4; kexue.fm/archives/8829),
     which cancels any scale: `softmax(lambda z)^gamma` is `softmax(gamma lambda z)`.
 
     Args:
@@ -190,7 +190,7 @@ def logit_scale(
 ) -> Union[float, chex.Array]:
     """The logit scale lambda_i of every query under the rule named `scale`.
 
-    `lambda_i = rule(n_i, d)`, n_i = number of valid keys of query i (spec 05, A.8): the
+    `lambda_i = rule(n_i, d)`, n_i = number of valid keys of query i (docs/entropy_attention.md A.8): the
     valid length of a padded example, i + 1 for causal attention. A query without any valid
     key gets the scale of n = 1; `attention` zeroes its output.
 
