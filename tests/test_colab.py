@@ -5,6 +5,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+# Each notebook runs in its own kernel (tens of seconds to minutes): `make test-slow`.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -70,6 +70,7 @@ def test_cifar10_config_is_the_ddpm_paper_model():
     assert jax.eval_shape(model.apply, variables, x, t).shape == (1, 32, 32, 3)
 
 
+@pytest.mark.slow  # a training smoke of the 32x32 model (minutes on 2 cores)
 def test_cifar10_smoke_on_user_npz(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "tiny_cifar.npz"
@@ -83,6 +84,7 @@ def test_cifar10_smoke_on_user_npz(tmp_path):
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow  # an experiment script, end to end
 def test_command_line_smoke_run(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
     cmd = [sys.executable, "-m", "experiments.main", "--config=configs/ddpm_digits.py:smoke",

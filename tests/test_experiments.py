@@ -5,6 +5,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+# Whole experiment scripts in subprocesses (minutes): `make test-slow`.
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

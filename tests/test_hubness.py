@@ -262,6 +262,7 @@ def _run(module, *args):
     return done.stdout
 
 
+@pytest.mark.slow  # an experiment script, end to end
 def test_reproduce_hubness_skew_smoke(tmp_path):
     _run("experiments.reproduce_hubness_skew", "--smoke", f"--workdir={tmp_path}")
     table = (tmp_path / "hubness_skew.md").read_text()
@@ -272,6 +273,7 @@ def test_reproduce_hubness_skew_smoke(tmp_path):
     assert [s["d"] for s in result["seed_spread"]] == [3, 20, 100, 512]
 
 
+@pytest.mark.slow  # an experiment script, end to end
 def test_bench_knn_smoke():
     out = _run("experiments.bench_knn", "--smoke")
     assert "N_k mismatches: 0 of 1000 points" in out and "speed ratio sklearn / udm" in out

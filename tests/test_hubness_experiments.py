@@ -5,6 +5,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+# A whole experiment script in a subprocess: `make test-slow`.
+pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["random", "hub", "hub (paper)", "truncated", "antihub"]

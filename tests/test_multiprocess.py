@@ -30,6 +30,9 @@ import pytest
 
 from experiments import launch_local
 
+# Real multi-process runs and the kill / resume run (minutes): `make test-slow`.
+pytestmark = pytest.mark.slow
+
 STEPS = 4
 PARAM_ATOL = 1e-5   # measured max |difference| 5.0e-6
 LOSS_RTOL = 1e-6    # measured: equal or 1 ulp apart

@@ -113,6 +113,7 @@ def test_missing_package_gives_install_hint(monkeypatch):
         sentence_encoder.model_dir()
 
 
+@pytest.mark.slow  # an experiment script, end to end
 def test_bench_encoder_smoke():
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     result = subprocess.run([sys.executable, "-m", "experiments.bench_encoder", "--smoke"],

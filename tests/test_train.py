@@ -1,4 +1,6 @@
-"""End to end: train_and_evaluate with the :smoke config on 8 fake devices, resume, bad input."""
+"""train_and_evaluate with the :smoke config on 8 fake devices, resume, bad input; the training
+loop on 1, 2 and 8 devices. One train_and_evaluate smoke runs in `make test`; those of the other
+model families (SDE, cold, token, encoding, variance heads, analytic variance) are marked slow."""
 import json
 import os
 
@@ -9,6 +11,7 @@ import pytest
 
 from configs import ddpm_digits
 from udm import checkpoint as ckpt_lib
+from udm import parallel
 from udm.pipeline import train as train_lib
 from udm.pipeline.spec import from_config
 
@@ -112,6 +115,51 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert ckpt_lib.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [2]
 
 
+def test_training_loop_does_not_depend_on_the_device_count(tmp_path):
+    """`fit` on 1, 2 and 8 of the fake devices: the same batches, step keys and state, up to
+    float32 rounding of the gradient all-reduce (the multi-process runs of test_multiprocess.py,
+    marked slow, check the same with the UNet across processes). A linear denoiser keeps the
+    compiles small; the batch is sharded over the mesh and the loss noise is drawn inside it."""
+    spec = from_config(_smoke(**{"train.num_steps": 4, "train.checkpoint_every": 100}))
+    exp = train_lib.build(spec)
+    data = exp.dataset.train_images
+    d = int(np.prod(data.shape[1:]))
+
+    def init(key):
+        params = {"w": 0.1 * jax.random.normal(key, (d, d)), "b": jnp.zeros((d,))}
+        return train_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                    ema_params=jax.tree.map(jnp.copy, params),
+                                    opt_state=exp.optimizer.init(params))
+
+    def loss_fn(params, x0, *, key):
+        x = x0.reshape(x0.shape[0], d)
+        noisy = x + jax.random.normal(key, x.shape)
+        loss = jnp.mean((noisy @ params["w"] + params["b"][None] - x) ** 2)
+        return loss, {"x_mean": jnp.mean(x)}
+
+    runs = {}
+    for n in (1, 2, 8):
+        workdir = tmp_path / f"{n}_devices"
+        state = train_lib.fit(spec.train, str(workdir), init=init, init_key=exp.init_key,
+                              loss_fn=loss_fn, optimizer=exp.optimizer, train_key=exp.train_key,
+                              mesh=parallel.data_mesh(jax.devices()[:n]), data=data,
+                              seed=spec.seed, record={})
+        assert int(state.step) == 4
+        runs[n] = state, [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    reference, logged = runs[1]
+    assert [m["step"] for m in logged] == [2, 4]
+    for n in (2, 8):
+        state, other = runs[n]
+        for key in ("loss", "grad_norm", "x_mean"):   # same batches, same noise
+            np.testing.assert_allclose([m[key] for m in other], [m[key] for m in logged],
+                                       rtol=1e-6, err_msg=f"{n} devices: {key}")
+        for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(reference)):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=1e-6)
+    # and training moved the parameters well beyond that tolerance
+    assert float(jnp.max(jnp.abs(reference.params["b"]))) > 1e-3
+
+
+@pytest.mark.slow  # a further training smoke: `make test-slow`
 def test_sde_smoke_train_and_evaluate(tmp_path):
     """A continuous-time VE model trains (likelihood-weighted, importance-sampled t) and samples
     through the same entry point, with NFE reported per row."""
@@ -130,6 +178,7 @@ def test_sde_smoke_train_and_evaluate(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
 
 
+@pytest.mark.slow  # a further training smoke: `make test-slow`
 def test_cold_blur_smoke_trains_and_samples_both_designs(tmp_path):
     """Cold diffusion trains through the same entry point (x_0-predicting UNet, l1 loss) and
     samples with the naive and improved designs from a prior fitted to F_T(data)."""
@@ -143,6 +192,7 @@ def test_cold_blur_smoke_trains_and_samples_both_designs(tmp_path):
     assert (tmp_path / "samples_improved_5.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # a further training smoke: `make test-slow`
 @pytest.mark.parametrize("config_name", ["masking_arithmetic", "edit_lee", "d3pm_uniform_arithmetic"])
 def test_token_process_smoke_trains_and_samples(tmp_path, config_name):
     """Token processes train (TokenDenoiser, cross-entropy) and sample (both designs) through
@@ -159,6 +209,7 @@ def test_token_process_smoke_trains_and_samples(tmp_path, config_name):
     assert len(lines) == config.eval.grid_size and all(len(x) == config.data.seq_len for x in lines)
 
 
+@pytest.mark.slow  # a further training smoke: `make test-slow`
 def test_encoding_model_trains_its_encoder_jointly_and_resumes(tmp_path):
     """The encoding model (docs/processes.md B5): params = {network, process}, the encoder moves, the
     guard keeps its scale, the checkpoint of both resumes, DDPM sampling decodes to text."""
@@ -197,6 +248,7 @@ def _lines(path):
     return open(path).read().splitlines()
 
 
+@pytest.mark.slow  # a further training smoke: `make test-slow`
 def test_npr_head_smoke_trains_evaluates_and_resumes_without_retraining(tmp_path):
     from configs import npr_digits
     config = _head_smoke(npr_digits)
@@ -223,6 +275,7 @@ def test_npr_head_smoke_trains_evaluates_and_resumes_without_retraining(tmp_path
     assert [r["fd"] for r in again["rows"]] == [r["fd"] for r in saved["rows"]]
 
 
+@pytest.mark.slow  # a further training smoke: `make test-slow`
 def test_sn_head_smoke_resumes_the_head_stage(tmp_path):
     # Stage 2 stopped at step 2 (eval off), then the full run: the head resumes at step 2 and
     # trains to 4 (one new log line), the mean model is not touched.
@@ -244,6 +297,7 @@ def test_sn_head_smoke_resumes_the_head_stage(tmp_path):
     assert all(np.isfinite(r["fd"]) for r in saved["rows"])
 
 
+@pytest.mark.slow  # a further training smoke: `make test-slow`
 def test_analytic_variance_smoke_caches_sigma_bar(tmp_path, monkeypatch):
     from udm import variance
     config = _smoke(**{"sampler.variance": "analytic", "eval.samplers": ("ddim",),

@@ -22,6 +22,7 @@ def _run(workdir, *extra):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # an experiment script, end to end
 @pytest.mark.parametrize("with_sts", [False, True])
 def test_whitening_table_smoke(tmp_path, with_sts):
     extra = (["--config=configs/whitening.py:smoke",
