@@ -3,7 +3,7 @@
   --config=configs/whitening.py         the Lee documents (+ an STS-B file via data.sts_path)
   --config=configs/whitening.py:smoke   a tiny variant that runs in seconds (for the tests)
 
-Used by experiments/reproduce_whitening_table.py.
+Read by udm.pipeline.whitening.from_config (experiments/reproduce_whitening_table.py).
 """
 import ml_collections
 

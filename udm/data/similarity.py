@@ -19,6 +19,11 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+# The sizes of the Lee data (gensim's lee.cor and lee_background.cor), known before loading so
+# that a config can be checked without reading them.
+LEE_NUM_DOCUMENTS = 50
+LEE_NUM_BACKGROUND = 300
+
 
 @dataclasses.dataclass(frozen=True)
 class SimilarityPairs:
@@ -66,7 +71,8 @@ def load_lee_similarity() -> SimilarityPairs:
     background = _lines(_gensim_file("lee_background.cor"))
     matrix = np.loadtxt(_gensim_file("similarities0-1.txt"))
     n = len(documents)
-    if matrix.shape != (n, n) or len(background) != 300:
+    if (n != LEE_NUM_DOCUMENTS or matrix.shape != (n, n)
+            or len(background) != LEE_NUM_BACKGROUND):
         raise ValueError(f"unexpected Lee data: {n} documents, similarity matrix {matrix.shape}, "
                          f"{len(background)} background documents")
     i, j = np.triu_indices(n, 1)
