@@ -69,3 +69,24 @@ def test_reproduce_udm_examples_smoke(tmp_path):
     assert "encoding (arithmetic): RMS per latent dimension 1.00" in table  # normalised encoder
     results = json.loads((tmp_path / "udm_examples.json").read_text())["results"]
     assert [r["model"] for r in results] == ["cold_digits", "encoding_arithmetic"]
+
+
+def test_reproduce_length_extrapolation_smoke(tmp_path):
+    out = tmp_path / "length_extrapolation.md"
+    cmd = [sys.executable, "-m", "experiments.reproduce_length_extrapolation", "--smoke",
+           "--steps=3", f"--out={out}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = out.read_text()
+    assert "| scale \\ n (train n=64) | 64 | 128 |" in table
+    assert "| standard | " in table and "| entropy_invariant | " in table
+    assert ("Task: Task(num_filler=32, num_keys=8, num_values=16, num_pairs=6, num_queries=4)."
+            in table)
+    record = json.loads((tmp_path / "length_extrapolation.json").read_text())
+    accuracy = record["accuracy_percent"]
+    assert sorted(accuracy) == ["entropy_invariant", "standard"]
+    # 16 sequences x 4 targets per length: each accuracy is a whole number of 64ths of 100%.
+    for per_seed in accuracy.values():
+        for value in per_seed["0"].values():
+            assert 0.0 <= value <= 100.0 and (value * 64 / 100).is_integer()
