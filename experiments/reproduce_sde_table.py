@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from configs import sde_digits
-from experiments.common import batched, write_json
+from experiments.common import write_json
 from udm import likelihood, metrics
 from udm.pipeline import evaluate as eval_lib
 from udm.pipeline.classifier import load_or_train_classifier
@@ -78,7 +78,7 @@ def bits_per_dim(spec, exp, params, images: np.ndarray, *, key) -> dict:
         solver="tsit5", rtol=_RTOL.value, atol=_RTOL.value)
     deq_key, probe_key, vlb_key = jax.random.split(key, 3)
     nll, nfes = [], []
-    for i, out in enumerate(batched(
+    for i, out in enumerate(eval_lib.batched(
             lambda x: nll_fn(params, likelihood.dequantize(x, NUM_LEVELS, key=deq_key),
                              key=probe_key), images, batch)):
         if not bool(out.success):
@@ -97,7 +97,7 @@ def bits_per_dim(spec, exp, params, images: np.ndarray, *, key) -> dict:
     vlb = jax.jit(lambda x: likelihood.variational_bound(
         alpha_bar, beta_bar, x0_fn, x, key=vlb_key, decoder="discretized",
         num_levels=NUM_LEVELS, prior_std=sde.prior_std).total)
-    total = np.concatenate(batched(vlb, images, batch))[:len(images)]
+    total = np.concatenate(eval_lib.batched(vlb, images, batch))[:len(images)]
     vlb_bpd = likelihood.vlb_bits_per_dim(total, dim)
     return dict(nll_bpd=float(np.mean(ode_bpd)),
                 nll_bpd_sem=float(np.std(ode_bpd) / np.sqrt(len(ode_bpd))),

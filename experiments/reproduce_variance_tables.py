@@ -1,13 +1,14 @@
 """Analytic-DPM's two tables in miniature: bits/dim and FD-digits vs the number of steps K.
 
-One DDPM eps-model on the digits (configs/ddpm_digits.py, `udm.pipeline.train.train`), then an NPR-DPM
-and an SN-DPM variance head on it (`udm.pipeline.train.train_variance_head`, mean model frozen), then for
-every K on a uniform sub-sequence of the T = 1000 steps:
+One DDPM eps-model on the digits (configs/ddpm_digits.py), then an NPR-DPM and an SN-DPM variance
+head on it (mean model frozen), with the Monte Carlo sigma_bar tables
+(`udm.pipeline.variance_models.trained_variance_models`), then for every K on a uniform
+sub-sequence of the T = 1000 steps:
 
-* NLL: the K-step variational bound of the held-out digits in bits/dim (discretised decoder on
-  the 17 grey levels), for each reverse variance with the DDPM (eta = 1) kernel: fixed small,
-  fixed large, Analytic-DPM (V3), ML-isotropic (V5), NPR-DPM (V7), SN-DPM (V8). DDIM (eta = 0)
-  has no bound: its forward process is deterministic given x_0.
+* NLL: the K-step variational bound of the held-out digits in bits/dim (`bound_bits_per_dim`;
+  discretised decoder on the 17 grey levels), for each reverse variance with the DDPM (eta = 1)
+  kernel: fixed small, fixed large, Analytic-DPM (V3), ML-isotropic (V5), NPR-DPM (V7), SN-DPM
+  (V8). DDIM (eta = 0) has no bound: its forward process is deterministic given x_0.
 * FD-digits of samples from DDPM, DDIM, Analytic-DDPM, Analytic-DDIM, NPR-/SN-DDPM and -DDIM
   (same x_T for every cell; pixel clip of docs/optimal_variance.md §2.5 and a mean-only final step for every
   non-fixed variance).
@@ -33,13 +34,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from configs import ddpm_digits  # noqa: E402
-from experiments.common import batched, write_json  # noqa: E402
-from udm import likelihood, metrics, variance, variance_heads  # noqa: E402
+from experiments.common import write_json  # noqa: E402
+from udm import metrics, variance  # noqa: E402
 from udm.pipeline import evaluate as eval_lib  # noqa: E402
-from udm.pipeline.classifier import load_or_train_classifier  # noqa: E402
 from udm.pipeline import spec as spec_lib  # noqa: E402
-from udm.pipeline import train  # noqa: E402
-from udm.sampling import network_predictor, time_grid  # noqa: E402
+from udm.pipeline import variance_models  # noqa: E402
+from udm.pipeline.classifier import load_or_train_classifier  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir/variance_tables", "Checkpoints, caches, cells.")
 _STEPS = flags.DEFINE_list("step_counts", ["10", "25", "50", "100", "200", "1000"], "Rows K.")
@@ -91,96 +91,19 @@ def _step_counts():
     return [3] if _SMOKE.value else [int(k) for k in _STEPS.value]
 
 
-class Models:
-    """The trained mean model, its heads and its sigma_bar tables."""
-
-    def __init__(self, workdir: str):
-        spec = _spec()
-        self.exp = exp = train.build(spec)
-        start = time.perf_counter()
-        self.params = train.train(spec, os.path.join(workdir, "mean"), experiment=exp).ema_params
-        _, self.eval_apply = train.make_apply_fns(exp.model)
-        self.heads, self._trajectories = {}, {}
-        for kind in variance.HEAD_VARIANCES:
-            head_spec = _spec(kind)
-            state = train.train_variance_head(head_spec, os.path.join(workdir, kind),
-                                              self.params, experiment=exp)
-            _, head_apply, features_fn = train.make_variance_head(head_spec, exp)
-            self.heads[kind] = variance_heads.HeadModel(kind, features_fn, head_apply,
-                                                  state.ema_params)
-        self.train_seconds = time.perf_counter() - start
-        T = exp.process.num_timesteps
-        times = np.arange(1, T + 1)  # every t: the optimal trajectory may visit any of them
-        self.sigma_bar = {}
-        for name in ("analytic", "ml_isotropic"):
-            self.sigma_bar[name] = eval_lib.estimate_sigma_bar(
-                _spec(name), os.path.join(workdir, "mean"), process=exp.process,
-                eval_apply=self.eval_apply, params=self.params, data=exp.dataset.train_images,
-                timesteps=times, key=jax.random.fold_in(exp.sample_key, 7), mesh=exp.mesh)
-
-    def spacing(self, trajectory: str, k: int):
-        """"uniform", or the optimal K-step trajectory of the analytic variance (Analytic-DPM §4)."""
-        if trajectory == "uniform":
-            return "uniform"
-        if k not in self._trajectories:
-            self._trajectories[k] = variance.optimal_trajectory(
-                self.exp.process, self.sigma_bar["analytic"] ** 2, k, bin_width=BIN_WIDTH)
-        return self._trajectories[k]
-
-    def sampler_params(self, variance_name: str):
-        if variance_name in self.heads:
-            return {"mean": self.params, "head": self.heads[variance_name].params}
-        return self.params
-
-
-def fd_cell(models: Models, sampler: str, variance_name: str, trajectory: str, k: int, priors,
-            *, key, n, classifier, reference):
-    spec = _spec(variance_name, sampler)
-    exp = models.exp
-    sample_fn = eval_lib.make_eval_sampler(
-        spec, exp.process, models.eval_apply, sampler, k,
-        sigma_bar=models.sigma_bar.get(variance_name), head=models.heads.get(variance_name),
-        spacing=models.spacing(trajectory, k))
+def fd_cell(models, sampler: str, variance_name: str, trajectory: str, k: int, priors, *, key,
+            n, classifier, reference):
+    """FD-digits of n samples of one sampler and variance from the shared x_T batches."""
+    sample_fn, params = variance_models.variance_sampler(
+            models, _spec(variance_name, sampler), sampler, k,
+            spacing=models.spacing(trajectory, k, bin_width=BIN_WIDTH))
     start = time.perf_counter()
-    samples, _ = eval_lib.generate(sample_fn, models.sampler_params(variance_name), priors,
-                                   num_samples=n, key=key)
+    samples, _ = eval_lib.generate(sample_fn, params, priors, num_samples=n, key=key)
     seconds = time.perf_counter() - start
-    scores = eval_lib.score(samples, classifier, reference, exp.dataset.train_images,
-                            exp.dataset.test_images)
+    dataset = models.experiment.dataset
+    scores = eval_lib.score(samples, classifier, reference, dataset.train_images,
+                            dataset.test_images)
     return dict(fd=scores["fd"], seconds=seconds), samples
-
-
-def nll_cell(models: Models, variance_name: str, trajectory: str, k: int, images: np.ndarray,
-             *, key):
-    """Mean and standard error of the K-step bound in bits/dim (eta = 1 kernel)."""
-    process = models.exp.process
-    grid = time_grid(process, k, models.spacing(trajectory, k))
-    alpha_bar, beta_bar, times = variance.chain_from_grid(process, grid)
-    reverse_var = None
-    if variance_name in models.heads:
-        head = models.heads[variance_name]
-        # The decoder needs a positive variance where the head says "certain": one grey level
-        # of an 8-bit image (the pixel-clip scale of docs/optimal_variance.md §2.5).
-        predictor = variance_heads.head_predictor(
-            process, head.features_fn, head.head_apply, kind=head.kind, clip=1.0, max_var=1.0,
-            min_var=variance.pixel_clip_var(1.0))
-    else:
-        predictor = network_predictor(process, models.eval_apply, clip=1.0)
-        reverse_var = variance.chain_reverse_var(variance.reverse_variance(
-            variance_name, process, grid, eta=1.0, sigma_bar=models.sigma_bar.get(variance_name)))
-    params = models.sampler_params(variance_name)
-
-    def x0_fn(x, i):
-        return predictor(params, x, times[i])
-
-    bound = jax.jit(lambda x: likelihood.variational_bound(
-        alpha_bar, beta_bar, x0_fn, x, key=key, decoder="discretized", num_levels=NUM_LEVELS,
-        reverse_var=reverse_var).total)
-    start = time.perf_counter()
-    total = np.concatenate(batched(bound, images, 304 if not _SMOKE.value else 32))[:len(images)]
-    bpd = likelihood.vlb_bits_per_dim(total, int(np.prod(images.shape[1:])))
-    return dict(bpd=float(np.mean(bpd)), sem=float(np.std(bpd) / np.sqrt(len(bpd))),
-                seconds=time.perf_counter() - start, tau_1=int(grid[-1, 0]))
 
 
 def _fmt(cell, key, sem=None):
@@ -237,8 +160,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    models = Models(workdir)
-    exp = models.exp
+    models = variance_models.trained_variance_models(_spec, workdir)
+    exp = models.experiment
     dataset = exp.dataset
     classifier = load_or_train_classifier(
         os.path.join(workdir, "classifier"), dataset, seed=0,
@@ -262,7 +185,10 @@ def main(argv):
         if key in cells:
             continue
         if table == "nll":
-            cells[key] = nll_cell(models, v, trajectory, k, images, key=nll_key)
+            cells[key] = variance_models.bound_bits_per_dim(
+                    models, v, k, images, num_levels=NUM_LEVELS, key=nll_key,
+                    batch_size=32 if _SMOKE.value else 304,
+                    spacing=models.spacing(trajectory, k, bin_width=BIN_WIDTH))
         else:
             cells[key], samples = fd_cell(models, sampler, v, trajectory, k, priors,
                                           key=noise_key, n=n, classifier=classifier,

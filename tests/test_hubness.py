@@ -12,6 +12,7 @@ from scipy import special, stats
 from sklearn.neighbors import NearestNeighbors
 
 from udm import hubness
+from udm.hubness import reductions
 from udm.parallel import data_mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -184,6 +185,48 @@ def test_hub_selected_latents_are_central_and_truncation_matches_their_norm():
     matched = float(jnp.linalg.norm(z, axis=1).mean())
     assert abs(matched - hub_norm) < 0.01 * hub_norm, (matched, hub_norm)
     assert float(jnp.linalg.norm(z, axis=1).max()) <= hubness.truncation_radius(64, hub_norm)
+
+
+def test_hub_antihub_select_shares_hub_selects_pools():
+    """Hubs are hub_select's (same pools, fold_in(key, i)); anti-hubs have N_k = 0 there."""
+    key = jax.random.key(3)
+    hubs, antihubs = hubness.hub_antihub_select(dim=16, num_wanted=12, pool_size=200, k=5,
+                                                threshold=10, key=key)
+    alone = hubness.hub_select(dim=16, pool_size=200, k=5, threshold=10, num_wanted=12, key=key)
+    np.testing.assert_array_equal(np.asarray(hubs.latents), np.asarray(alone.latents))
+    assert hubs.num_rounds == antihubs.num_rounds >= alone.num_rounds
+    assert hubs.num_drawn == 200 * hubs.num_rounds
+    assert bool(jnp.all(hubs.k_occurrence > 10)) and bool(jnp.all(antihubs.k_occurrence == 0))
+    # The pass rates count every latent of the pools that passed, before trimming to 12.
+    pool = jax.random.normal(jax.random.fold_in(key, 0), (200, 16))
+    nk = np.asarray(hubness.k_occurrence_of(pool, 5))
+    if hubs.num_rounds == 1:
+        assert (hubs.num_passed, antihubs.num_passed) == (np.sum(nk > 10), np.sum(nk == 0))
+    np.testing.assert_array_equal(np.asarray(antihubs.latents)[:min(12, np.sum(nk == 0))],
+                                  np.asarray(pool)[nk == 0][:12])
+    with pytest.raises(RuntimeError, match="fewer than 5"):
+        hubness.hub_antihub_select(dim=16, num_wanted=5, pool_size=200, threshold=99,
+                                   max_rounds=2, key=key)
+
+
+def test_reduction_reports_cover_every_accepting_metric(monkeypatch):
+    """Every k, metric and reduction that accepts the metric, "none" first (the reductions
+    themselves are checked above; a stand-in records the calls)."""
+    calls = []
+
+    def fake_report(x, k, method, *, metric):
+        calls.append((k, metric, method))
+        return {"method": method, "k": k}
+
+    monkeypatch.setattr(reductions, "reduce_and_report", fake_report)
+    reports = hubness.reduction_reports(np.zeros((5, 2), np.float32), (3, 5))
+    cosine = sorted(hubness.REDUCTIONS.names(), key=lambda m: m != "none")
+    euclidean = [m for m in cosine if m not in hubness.COSINE_ONLY]
+    assert cosine[0] == "none" and hubness.COSINE_ONLY < set(cosine)
+    assert calls == [(k, metric, m) for k in (3, 5) for metric, methods in
+                     (("euclidean", euclidean), ("cosine", cosine)) for m in methods]
+    assert [(r["k"], r["metric"], r["method"]) for r in reports] == calls
+    assert all(r["seconds"] >= 0 for r in reports)
 
 
 def test_truncated_mean_norm_closed_form():

@@ -11,7 +11,7 @@ import pytest
 
 from udm.losses import make_loss_fn
 from udm.processes import PROCESSES, Process
-from udm.processes.base import init_params
+from udm.processes.base import init_params, prior_from_latents
 from udm.sampling import make_sampler
 
 SEQ_LEN, VOCAB = 6, 5
@@ -46,6 +46,24 @@ def test_every_process_satisfies_the_contract(name):
         for method in methods:
             assert callable(getattr(process, method, None)) == getattr(
                 process.capabilities, flag), (name, flag, method)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_isotropic_prior_is_prior_std_times_a_standard_normal(name):
+    """The flag promises `prior_std` and prior(key, shape) = prior_std * N(0, I) of the state."""
+    process = PROCESSES.get(name)(**KWARGS[name])
+    assert hasattr(process, "prior_std") == process.capabilities.isotropic_prior, name
+    if not process.capabilities.isotropic_prior:
+        with pytest.raises(ValueError, match="isotropic"):
+            prior_from_latents(process, np.zeros(3, np.float32))
+        return
+    key = jax.random.PRNGKey(5)
+    shape = (3, SEQ_LEN) if process.capabilities.tokens else (3, 8, 8, 1)
+    x_T = process.prior(key, shape)
+    z = jax.random.normal(key, x_T.shape)
+    assert isinstance(process.prior_std, float) and process.prior_std > 0
+    np.testing.assert_allclose(np.asarray(x_T), np.asarray(prior_from_latents(process, z)),
+                               rtol=1e-6)
 
 
 def _start(process, x0, eps):

@@ -20,16 +20,19 @@ index); the papers of each reduction are cited at its function.
 """
 from udm.hubness._checks import METRICS
 from udm.hubness.knn import k_occurrence, k_occurrence_of, knn
-from udm.hubness.latents import (HubSelection, hub_select, truncated_mean_norm,
-                                 truncated_normal_matched, truncation_radius)
+from udm.hubness.latents import (HubSelection, hub_antihub_select, hub_select,
+                                 truncated_mean_norm, truncated_normal_matched,
+                                 truncation_radius)
 from udm.hubness.measures import (DEFAULT_HUB_THRESHOLD, antihub_occurrence,
                                   corr_with_distance_to_mean, gini, hub_occurrence,
                                   hubness_measures, hubness_report, robin_hood_index, skewness)
-from udm.hubness.reductions import (REDUCTIONS, centering, csls, local_scaling,
+from udm.hubness.reductions import (COSINE_ONLY, REDUCTIONS, centering, csls, local_scaling,
                                     mutual_proximity_empiric, mutual_proximity_gaussian, nicdm,
-                                    no_reduction, pairwise_distances, reduce_and_report)
+                                    no_reduction, pairwise_distances, reduce_and_report,
+                                    reduction_reports)
 
 __all__ = [
+        "COSINE_ONLY",
         "DEFAULT_HUB_THRESHOLD",
         "HubSelection",
         "METRICS",
@@ -39,6 +42,7 @@ __all__ = [
         "corr_with_distance_to_mean",
         "csls",
         "gini",
+        "hub_antihub_select",
         "hub_occurrence",
         "hub_select",
         "hubness_measures",
@@ -53,6 +57,7 @@ __all__ = [
         "no_reduction",
         "pairwise_distances",
         "reduce_and_report",
+        "reduction_reports",
         "robin_hood_index",
         "skewness",
         "truncated_mean_norm",

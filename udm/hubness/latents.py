@@ -1,7 +1,7 @@
 """Latents for sampling: the hubness-prior selection and, to compare with it, norm-truncated
 Gaussian latents at a matched mean norm."""
 import functools
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -25,11 +25,64 @@ class HubSelection(NamedTuple):
     k_occurrence: [M] int32 their N_k within the pool they were drawn in.
     num_rounds: pools drawn.
     num_drawn: latents drawn in all (num_rounds x pool size).
+    num_passed: latents of all the pools drawn that passed the filter (M or more), so
+        num_passed / num_drawn is the filter's pass rate.
     """
     latents: Array
     k_occurrence: Array
     num_rounds: int
     num_drawn: int
+    num_passed: int = 0
+
+
+def _pools(*, dim, sample_fn, pool, pool_size, max_rounds, key):
+    """(sample_fn of round i, pool size, most rounds) of a fixed pool or of fresh draws."""
+    if pool is not None:
+        if sample_fn is not None:
+            raise ValueError("pass either `pool` or `sample_fn`, not both")
+        pool = _as_points(pool, "pool")
+        return (lambda _: pool), pool.shape[0], 1
+    if key is None:
+        raise ValueError("hub_select draws pools: pass `key` (or a fixed `pool`)")
+    if sample_fn is None:
+        if dim is None:
+            raise ValueError("pass `dim` for the default N(0, I) sampler (or `sample_fn`)")
+        sample_fn = lambda pool_key, n: jax.random.normal(pool_key, (n, dim))  # noqa: E731
+    if max_rounds < 1:
+        raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
+    return (lambda i: sample_fn(jax.random.fold_in(key, i), pool_size)), pool_size, max_rounds
+
+
+def _select(filters: dict, draw, *, num_wanted, max_rounds, map_fn, k, metric,
+            include_self, block_size):
+    """Draws pools (round i: draw(i)) until every filter (N_k -> keep mask) kept num_wanted.
+
+    Each pool's N_k is counted once and shared by the filters. Returns {name: (latents list,
+    N_k list, number passed)} and the rounds drawn.
+    """
+    kept = {name: ([], [], 0) for name in filters}
+    rounds = 0
+    while rounds < max_rounds:
+        z = draw(rounds)
+        rounds += 1
+        nk = np.asarray(k_occurrence_of(z if map_fn is None else map_fn(z), k, metric=metric,
+                                        include_self=include_self, block_size=block_size))
+        z = np.asarray(z)  # masks select on the host: no compile per number kept
+        for name, keep_fn in filters.items():
+            keep = keep_fn(nk)
+            latents, counts, passed = kept[name]
+            kept[name] = latents + [z[keep]], counts + [nk[keep]], passed + int(keep.sum())
+        if num_wanted is None or all(passed >= num_wanted for *_, passed in kept.values()):
+            break
+    return kept, rounds
+
+
+def _selection(latents, counts, passed, rounds, pool_size, num_wanted) -> HubSelection:
+    latents, counts = np.concatenate(latents), np.concatenate(counts)
+    if num_wanted is not None:
+        latents, counts = latents[:num_wanted], counts[:num_wanted]
+    return HubSelection(jnp.asarray(latents), jnp.asarray(counts), rounds, rounds * pool_size,
+                        passed)
 
 
 def hub_select(*, dim: Optional[int] = None, sample_fn: Optional[Callable] = None,
@@ -65,47 +118,62 @@ def hub_select(*, dim: Optional[int] = None, sample_fn: Optional[Callable] = Non
         key: PRNG key (pool i uses fold_in(key, i)).
 
     Returns:
-        HubSelection (latents [M, dim], their k_occurrence [M], num_rounds, num_drawn).
+        HubSelection (latents [M, dim], their k_occurrence [M], num_rounds, num_drawn,
+        num_passed).
     """
-    if pool is not None:
-        if sample_fn is not None:
-            raise ValueError("pass either `pool` or `sample_fn`, not both")
-        pool = _as_points(pool, "pool")
-        pool_size, max_rounds = pool.shape[0], 1
-    else:
-        if key is None:
-            raise ValueError("hub_select draws pools: pass `key` (or a fixed `pool`)")
-        if sample_fn is None:
-            if dim is None:
-                raise ValueError("pass `dim` for the default N(0, I) sampler (or `sample_fn`)")
-            sample_fn = lambda pool_key, n: jax.random.normal(pool_key, (n, dim))  # noqa: E731
     if num_wanted is not None and num_wanted < 1:
         raise ValueError(f"num_wanted must be >= 1 or None, got {num_wanted}")
-    if max_rounds < 1:
-        raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
-    latents, counts, total, rounds = [], [], 0, 0
-    while rounds < max_rounds:
-        z = pool if pool is not None else sample_fn(jax.random.fold_in(key, rounds), pool_size)
-        rounds += 1
-        features = z if map_fn is None else map_fn(z)
-        nk = k_occurrence_of(features, k, metric=metric, include_self=include_self,
-                             block_size=block_size)
-        keep = np.asarray(nk > threshold if strict else nk >= threshold)
-        latents.append(z[keep])
-        counts.append(nk[keep])
-        total += int(keep.sum())
-        if num_wanted is None or total >= num_wanted:
-            break
-    if num_wanted is not None and total < num_wanted:
+    draw, pool_size, max_rounds = _pools(dim=dim, sample_fn=sample_fn, pool=pool,
+                                         pool_size=pool_size, max_rounds=max_rounds, key=key)
+    keep_fn = (lambda nk: nk > threshold) if strict else (lambda nk: nk >= threshold)
+    kept, rounds = _select({"hub": keep_fn}, draw, num_wanted=num_wanted, max_rounds=max_rounds,
+                           map_fn=map_fn, k=k, metric=metric, include_self=include_self,
+                           block_size=block_size)
+    latents, counts, passed = kept["hub"]
+    if num_wanted is not None and passed < num_wanted:
         where = "the given pool" if pool is not None else f"{rounds} pools of {pool_size}"
         raise RuntimeError(
-                f"hub_select kept {total} of the {num_wanted} latents wanted from {where} "
+                f"hub_select kept {passed} of the {num_wanted} latents wanted from {where} "
                 f"(N_k {'>' if strict else '>='} {threshold}, k = {k}); raise max_rounds "
                 f"or lower the threshold")
-    latents, counts = jnp.concatenate(latents), jnp.concatenate(counts)
-    if num_wanted is not None:
-        latents, counts = latents[:num_wanted], counts[:num_wanted]
-    return HubSelection(latents, counts, rounds, rounds * pool_size)
+    return _selection(latents, counts, passed, rounds, pool_size, num_wanted)
+
+
+def hub_antihub_select(*, dim: int, num_wanted: int, pool_size: int = 10000, k: int = 5,
+                       threshold: int = DEFAULT_HUB_THRESHOLD, max_rounds: int = 100,
+                       block_size: int = 1000, key: Array) -> Tuple[HubSelection, HubSelection]:
+    """Hubs (N_k > threshold) and anti-hubs (N_k = 0) of the same N(0, I_dim) pools.
+
+    `hub_select` in z space (docs/hubness.md §3.1, self excluded, Euclidean) that also keeps the
+    anti-hubs, the contrast set of docs/hubness.md §7: pools are drawn until both sets hold
+    num_wanted, so both selections report the same rounds and their pass rates are over the
+    same pools. Pool i is N(0, I_dim) drawn with fold_in(key, i), as in `hub_select`.
+
+    Args:
+        dim: latent dimension.
+        num_wanted: latents wanted in each set.
+        pool_size, k, threshold, max_rounds, block_size: as in `hub_select`.
+        key: PRNG key of the pools.
+
+    Returns:
+        (hubs, antihubs), each a HubSelection of num_wanted latents.
+    """
+    if num_wanted < 1:
+        raise ValueError(f"num_wanted must be >= 1, got {num_wanted}")
+    draw, pool_size, max_rounds = _pools(dim=dim, sample_fn=None, pool=None,
+                                         pool_size=pool_size, max_rounds=max_rounds, key=key)
+    filters = {"hub": lambda nk: nk > threshold, "antihub": lambda nk: nk == 0}
+    kept, rounds = _select(filters, draw, num_wanted=num_wanted, max_rounds=max_rounds,
+                           map_fn=None, k=k, metric="euclidean", include_self=False,
+                           block_size=block_size)
+    short = {name: passed for name, (_, _, passed) in kept.items() if passed < num_wanted}
+    if short:
+        raise RuntimeError(
+                f"fewer than {num_wanted} latents in {rounds} pools of {pool_size} (kept "
+                f"{short}; hubs: N_k > {threshold}, k = {k}): raise max_rounds or lower the "
+                f"threshold")
+    return tuple(_selection(*kept[name], rounds, pool_size, num_wanted)
+                 for name in ("hub", "antihub"))
 
 
 # ----------------------------------------------------------------------------------------------

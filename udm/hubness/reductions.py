@@ -1,12 +1,13 @@
 """Hubness reduction: secondary distances, a corrected k-NN graph from each (mutual proximity,
 local scaling, NICDM, CSLS, centering)."""
 import functools
-from typing import Callable, Dict, Optional, Tuple
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from udm.hubness._checks import _as_points, _check_block_size, _check_points
+from udm.hubness._checks import METRICS, _as_points, _check_block_size, _check_points
 from udm.hubness.knn import _block_distances, _unit_rows, k_occurrence, knn
 from udm.hubness.measures import DEFAULT_HUB_THRESHOLD, hubness_measures
 from udm.registry import Registry
@@ -163,6 +164,8 @@ def _csls(cos_dist, *, k, scale_k, block):
 
 
 REDUCTIONS = Registry("hubness reduction")
+# The reductions defined on cosine similarity only (their `metric` must be "cosine").
+COSINE_ONLY = frozenset({"csls", "centering"})
 
 
 def _prepare(x, k: int, metric: str, block_size: int, scale_k: Optional[int] = None):
@@ -363,3 +366,30 @@ def reduce_and_report(x, k: int, method: str, *, metric: Optional[str] = None,
     nk = k_occurrence(indices, x.shape[0])
     return {"method": method, **hubness_measures(nk, k, x, hub_size=hub_size,
                                                  threshold=threshold)}
+
+
+def reduction_reports(x, ks: Sequence[int], *, metrics: Sequence[str] = METRICS
+                      ) -> List[Dict[str, float]]:
+    """`reduce_and_report` for every k, metric and reduction that accepts the metric.
+
+    The order: k, then metric, then "none" (the primary graph) followed by the other reductions
+    in registry order; a COSINE_ONLY reduction is skipped for other metrics.
+
+    Args:
+        x: [N, d] points (e.g. embeddings).
+        ks: neighbourhood sizes.
+        metrics: primary distances, names of METRICS.
+
+    Returns:
+        One dict per graph: the `reduce_and_report` dict, its metric and the seconds it took.
+    """
+    reports = []
+    for k in ks:
+        for metric in metrics:
+            for method in sorted(REDUCTIONS.names(), key=lambda m: m != "none"):
+                if metric != "cosine" and method in COSINE_ONLY:
+                    continue
+                start = time.perf_counter()
+                report = reduce_and_report(x, k, method, metric=metric)
+                reports.append(dict(report, metric=metric, seconds=time.perf_counter() - start))
+    return reports

@@ -49,6 +49,18 @@ def generate(sample_fn, params, priors: list, *, num_samples: int, key):
     return np.concatenate(chunks)[:num_samples], float(np.mean(nfes))
 
 
+def batched(fn, x: np.ndarray, batch_size: int) -> list:
+    """fn applied to x in batches of batch_size, the last one padded by repeating its own rows
+    (so fn sees one shape and compiles once); the host outputs, padding included."""
+    outs = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size]
+        pad = batch_size - len(chunk)
+        chunk = np.concatenate([chunk, chunk[:pad]]) if pad else chunk
+        outs.append(jax.device_get(fn(chunk)))
+    return outs
+
+
 def sampler_eta(spec: Spec, name: str) -> float:
     """The eta a discrete sampler runs with: 1 for ddpm, spec.sampler.eta for ddim."""
     return {"ddpm": 1.0, "ddim": spec.sampler.eta}.get(name, 0.0)

@@ -361,6 +361,20 @@ def train_variance_head(spec: Spec, workdir: str, mean_params, *,
                desc=f"train {kind} head")
 
 
+def trained_variance_head(spec: Spec, workdir: str, mean_params, *,
+                          experiment: Optional[Experiment] = None) -> variance_heads.HeadModel:
+    """`train_variance_head` (trains, or restores from workdir), ready for the sampler.
+
+    Returns:
+      HeadModel(spec.variance.head, mean features_fn, head_apply, the head's EMA params).
+    """
+    exp = build(spec) if experiment is None else experiment
+    state = train_variance_head(spec, workdir, mean_params, experiment=exp)
+    _, head_apply, features_fn = make_variance_head(spec, exp)
+    return variance_heads.HeadModel(spec.variance.head, features_fn, head_apply,
+                                    state.ema_params)
+
+
 def train_and_evaluate(spec: Spec, workdir: str) -> Dict[str, Any]:
     """Trains (resuming from the latest checkpoint in workdir), then samples and evaluates.
 
@@ -373,10 +387,7 @@ def train_and_evaluate(spec: Spec, workdir: str) -> Dict[str, Any]:
     state = train(spec, workdir, experiment=exp)
     head = None
     if spec.variance.head:  # stage 2: NPR-DPM / SN-DPM head on the frozen EMA mean model
-        head_state = train_variance_head(spec, workdir, state.ema_params, experiment=exp)
-        _, head_apply, features_fn = make_variance_head(spec, exp)
-        head = variance_heads.HeadModel(spec.variance.head, features_fn, head_apply,
-                                        head_state.ema_params)
+        head = trained_variance_head(spec, workdir, state.ema_params, experiment=exp)
     if not spec.eval.enabled:
         return {}
     _, eval_apply = make_apply_fns(exp.model)

@@ -41,6 +41,10 @@ class Capabilities:
       latent_state: the chain runs in a latent space; `decode(state)` maps the last state to data.
       fitted_prior: the prior is fitted to the training data by `fit_prior(data) -> process`
         before sampling (cold blur, heat dissipation).
+      isotropic_prior: the prior is N(0, prior_std^2 I) over the state: the process has the float
+        `prior_std`, and `prior(key, shape)` is `prior_std` times a standard normal draw of the
+        state's shape, so a standard-normal latent z stands for x_T = prior_std z
+        (docs/architecture.md, "One contract for processes").
     """
     continuous_time: bool = False
     tokens: bool = False
@@ -49,6 +53,7 @@ class Capabilities:
     learned_params: bool = False
     latent_state: bool = False
     fitted_prior: bool = False
+    isotropic_prior: bool = False
 
 
 @runtime_checkable
@@ -162,6 +167,24 @@ def split_params(process, params):
 def diagnostics(process) -> dict:
     """Per-batch diagnostics of a process's learned parameters (empty for fixed processes)."""
     return process.diagnostics() if process.capabilities.learned_params else {}
+
+
+def prior_from_latents(process, z):
+    """x_T = prior_std z: the prior draw a standard-normal latent z stands for.
+
+    Args:
+      process: a process declaring `isotropic_prior`.
+      z: [...] float32 draws of N(0, I) in the state's shape.
+    Returns:
+      x_T, the shape and dtype of z (a numpy z stays numpy).
+    Raises:
+      ValueError: the process's prior is not N(0, prior_std^2 I).
+    """
+    if not process.capabilities.isotropic_prior:
+        raise ValueError(f"{type(process).__name__} does not declare an isotropic Gaussian prior "
+                         f"(Capabilities.isotropic_prior): no standard-normal latent stands for "
+                         f"its x_T")
+    return process.prior_std * z
 
 
 def decode(process, state):

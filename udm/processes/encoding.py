@@ -54,7 +54,7 @@ class EncodingProcess(DiscreteTime):
     """
 
     capabilities = Capabilities(tokens=True, ddpm_variance=True, learned_params=True,
-                                latent_state=True)
+                                latent_state=True, isotropic_prior=True)
 
     gaussian: GaussianProcess
     embedding: Array
@@ -149,6 +149,11 @@ class EncodingProcess(DiscreteTime):
     def invert(self, t, x0: Array, xt: Array) -> Array:
         """eps = (x_t - alpha_bar_t F(x_0)) / beta_bar_t, for t >= 1."""
         return self.gaussian.invert(t, self.encode(x0), xt)
+
+    @property
+    def prior_std(self) -> float:
+        """Std of the latent prior N(0, I): 1."""
+        return 1.0
 
     def prior(self, key, shape, dtype=jnp.float32) -> Array:
         """x_T ~ N(0, I) of shape [..., l, D] for token shape [..., l]."""

@@ -50,7 +50,7 @@ class GaussianProcess(DiscreteTime):
       prediction: what the network outputs: "eps", "x0" or "v" (v = alpha_bar eps - beta_bar x_0).
     """
 
-    capabilities = Capabilities(gaussian_marginals=True, ddpm_variance=True)
+    capabilities = Capabilities(gaussian_marginals=True, ddpm_variance=True, isotropic_prior=True)
 
     alpha_bar: Array
     beta_bar: Array
@@ -88,6 +88,11 @@ class GaussianProcess(DiscreteTime):
     def marginal(self, t):
         """(alpha_bar_t, beta_bar_t): p(x_t | x_0) = N(alpha_bar_t x_0, beta_bar_t^2 I)."""
         return self.alpha_bar[t], self.beta_bar[t]
+
+    @property
+    def prior_std(self) -> float:
+        """Std of the prior N(0, I): 1."""
+        return 1.0
 
     def prior(self, key, shape, dtype=jnp.float32) -> Array:
         """x_T ~ N(0, I), the usual stand-in for p(x_T) = N(alpha_bar_T x_0, beta_bar_T^2 I)."""

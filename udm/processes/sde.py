@@ -61,7 +61,8 @@ class SDE:
     t_min: float
     time_input_scale: float
 
-    capabilities = Capabilities(continuous_time=True, gaussian_marginals=True, ddpm_variance=True)
+    capabilities = Capabilities(continuous_time=True, gaussian_marginals=True, ddpm_variance=True,
+                                isotropic_prior=True)
 
     def __post_init__(self):
         if not 0.0 < self.t_min < 1.0:
