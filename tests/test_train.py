@@ -3,6 +3,7 @@ loop on 1, 2 and 8 devices. One train_and_evaluate smoke runs in `make test`; th
 model families (SDE, cold, token, encoding, variance heads, analytic variance) are marked slow."""
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ from udm import checkpoint as ckpt_lib
 from udm import parallel
 from udm.pipeline import train as train_lib
 from udm.pipeline.spec import from_config
+
 
 
 def _smoke(**overrides):
@@ -33,44 +35,66 @@ def _listing(root):
                   for d, _, files in os.walk(root) for f in files)
 
 
-def test_smoke_train_and_evaluate_writes_everything(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One train_and_evaluate of the :smoke config (4 steps, checkpoints at 2 and 4, eval): the
+    resume, NaN and shape tests start from copies of its checkpoints instead of training again.
+    (`make test` hands each test file to one xdist worker, `--dist loadfile`, so it runs once.)"""
+    workdir = tmp_path_factory.mktemp("smoke")
+    results = train_lib.train_and_evaluate(from_config(_smoke()), str(workdir))
+    return workdir, results
+
+
+def _copy_checkpoints(smoke_workdir, workdir, *, keep):
+    """workdir/checkpoints holds the smoke run's checkpoints of the steps in `keep`."""
+    shutil.copytree(smoke_workdir / "checkpoints", workdir / "checkpoints")
+    for step in ckpt_lib.Checkpointer(str(workdir / "checkpoints")).all_steps():
+        if step not in keep:
+            shutil.rmtree(workdir / "checkpoints" / str(step))
+    assert ckpt_lib.Checkpointer(str(workdir / "checkpoints")).all_steps() == sorted(keep)
+
+
+def test_smoke_train_and_evaluate_writes_everything(smoke_run):
     assert jax.device_count() == 8
-    results = train_lib.train_and_evaluate(from_config(_smoke()), str(tmp_path))
-    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "checkpoints"))
-    assert ckpt.latest_step() == 4
+    workdir, results = smoke_run
+    ckpt = ckpt_lib.Checkpointer(str(workdir / "checkpoints"))
+    assert ckpt.all_steps() == [2, 4]
     for name in ["samples.png", "samples_ddpm_5.png", "samples_ddim_5.png", "real.png",
                  "results.md", "results.json", "metrics.jsonl"]:
-        assert (tmp_path / name).stat().st_size > 0, name
-    assert os.listdir(tmp_path / "tensorboard")
-    logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+        assert (workdir / name).stat().st_size > 0, name
+    assert os.listdir(workdir / "tensorboard")
+    logged = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [m["step"] for m in logged] == [2, 4] and all(np.isfinite(m["loss"]) for m in logged)
     rows = results["rows"]
     assert [r["samples"] for r in rows] == ["real digits", "ddpm", "ddim (eta=0)"]
     assert all(np.isfinite(r["fd"]) and r["fd"] >= 0 for r in rows)
-    assert "| real digits |" in open(tmp_path / "results.md").read()
+    assert "| real digits |" in open(workdir / "results.md").read()
 
 
-def _params_after(config, workdir):
+def _state_at(config, workdir, step):
     exp = train_lib.build(from_config(config))
     abstract = jax.eval_shape(lambda k: train_lib.init_state(
         exp.model, exp.optimizer, exp.dataset.train_images, k), exp.init_key)
-    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-    return ckpt.restore(ckpt.latest_step(), abstract)
+    return ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).restore(step, abstract)
 
 
-def test_resume_is_bitwise_exact(tmp_path):
-    full = _smoke(**{"eval.enabled": False, "train.num_steps": 4, "train.checkpoint_every": 100})
-    train_lib.train(from_config(full), str(tmp_path / "one_run"))
-    half = _smoke(**{"eval.enabled": False, "train.num_steps": 2, "train.checkpoint_every": 100})
-    train_lib.train(from_config(half), str(tmp_path / "two_runs"))
-    train_lib.train(from_config(full), str(tmp_path / "two_runs"))   # restart, resume at step 2
-    a = _params_after(full, str(tmp_path / "one_run"))
-    b = _params_after(full, str(tmp_path / "two_runs"))
+def test_resume_is_bitwise_exact(smoke_run, tmp_path, capsys):
+    """Restarted from the step-2 checkpoint, training reaches the uninterrupted run's step-4
+    state bit for bit (same batches, step keys, optimizer and EMA state)."""
+    smoke_workdir, _ = smoke_run
+    _copy_checkpoints(smoke_workdir, tmp_path, keep=[2])
+    full = _smoke(**{"eval.enabled": False, "train.checkpoint_every": 100})
+    train_lib.train(from_config(full), str(tmp_path))                 # resumes at step 2
+    assert "resumed from step 2" in capsys.readouterr().out
+    a = _state_at(full, str(smoke_workdir), 4)
+    b = _state_at(full, str(tmp_path), 4)
     assert int(a.step) == int(b.step) == 4
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    # and training moved the parameters
-    assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(a.params))
+    # and training moved the parameters between the two checkpoints
+    before = _state_at(full, str(tmp_path), 2)
+    assert any(np.any(np.asarray(x) != np.asarray(y))
+               for x, y in zip(jax.tree.leaves(before.params), jax.tree.leaves(a.params)))
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -89,18 +113,17 @@ def test_bad_config_fails_before_writing(tmp_path, field, value, message):
     assert not (tmp_path / "run").exists()
 
 
-def test_checkpoint_of_other_model_shape_is_refused(tmp_path):
-    train_lib.train(from_config(_smoke(**{"eval.enabled": False, "train.num_steps": 2})), str(tmp_path))
+def test_checkpoint_of_other_model_shape_is_refused(smoke_run, tmp_path):
+    _copy_checkpoints(smoke_run[0], tmp_path, keep=[2, 4])
     before = _listing(tmp_path)
-    wider = _smoke(**{"eval.enabled": False, "train.num_steps": 4, "model.channels": 16})
+    wider = _smoke(**{"eval.enabled": False, "train.num_steps": 6, "model.channels": 16})
     with pytest.raises(ckpt_lib.ShapeMismatchError, match="different parameter shapes"):
         train_lib.train(from_config(wider), str(tmp_path))
     assert _listing(tmp_path) == before
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    config = _smoke(**{"eval.enabled": False, "train.num_steps": 2})
-    train_lib.train(from_config(config), str(tmp_path))
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_run, tmp_path, monkeypatch):
+    _copy_checkpoints(smoke_run[0], tmp_path, keep=[2])
     real_load = train_lib.load_dataset
 
     def poisoned(*args, **kwargs):

@@ -59,10 +59,11 @@ def _encoder(scale):
 
 def test_encoder_runs_at_any_length_with_the_same_params():
     model = _encoder("entropy_invariant")
-    params = model.init(jax.random.key(0), jnp.zeros((2, 64), jnp.int32))
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((2, 64), jnp.int32))
+    apply = jax.jit(model.apply)
     for n in (64, 256):
         tokens = jax.random.randint(jax.random.key(n), (2, n), 0, 11)
-        logits = model.apply(params, tokens)
+        logits = apply(params, tokens)
         assert logits.shape == (2, n, 11) and logits.dtype == jnp.float32
         assert np.all(np.isfinite(logits))
 
@@ -72,14 +73,15 @@ def test_entropy_invariant_encoder_equals_standard_at_calibration_length():
     # adds parameters, so one set of parameters serves both.
     tokens = jax.random.randint(jax.random.key(4), (1, 512), 0, 11)
     standard, invariant = _encoder("standard"), _encoder("entropy_invariant")
-    params = standard.init(jax.random.key(5), tokens[:, :64])
+    params = jax.jit(standard.init)(jax.random.key(5), tokens[:, :64])
     assert jax.tree.structure(params) == jax.tree.structure(
-            invariant.init(jax.random.key(5), tokens[:, :64]))
-    np.testing.assert_allclose(invariant.apply(params, tokens), standard.apply(params, tokens),
+            jax.eval_shape(invariant.init, jax.random.key(5), tokens[:, :64]))
+    standard_apply, invariant_apply = jax.jit(standard.apply), jax.jit(invariant.apply)
+    np.testing.assert_allclose(invariant_apply(params, tokens), standard_apply(params, tokens),
                                atol=1e-5)
     # ...but not at the training length, where the factor is log 64 / log 512 = 2/3.
-    assert not np.allclose(invariant.apply(params, tokens[:, :64]),
-                           standard.apply(params, tokens[:, :64]), atol=1e-4)
+    assert not np.allclose(invariant_apply(params, tokens[:, :64]),
+                           standard_apply(params, tokens[:, :64]), atol=1e-4)
 
 
 def test_encoder_rejects_odd_head_dim():
