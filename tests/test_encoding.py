@@ -188,10 +188,10 @@ def test_loss_is_the_cross_entropy_and_trains_the_encoder_jointly():
 def test_token_denoiser_reads_vectors_when_it_has_no_input_vocabulary():
     model = TokenDenoiser(input_vocab_size=None, output_vocab_size=V, width=16, depth=1,
                           num_heads=2)
-    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, L, 8)), jnp.ones((2,)))
-    assert model.apply(variables, jnp.ones((2, L, 8)), jnp.ones((2,))).shape == (2, L, V)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((2, L, 8)), jnp.ones((2,)))
+    assert jax.jit(model.apply)(variables, jnp.ones((2, L, 8)), jnp.ones((2,))).shape == (2, L, V)
     with pytest.raises(ValueError, match="float vectors"):
-        model.apply(variables, jnp.ones((2, L, 8), jnp.int32), jnp.ones((2,)))
+        jax.eval_shape(model.apply, variables, jnp.ones((2, L, 8), jnp.int32), jnp.ones((2,)))
 
 
 def test_bad_inputs_give_clear_errors():
