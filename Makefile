@@ -20,10 +20,9 @@ demo: venv
 
 # `make test`: everything not marked slow (minutes); `make test-slow`: the end-to-end runs
 # (scripts, notebooks, multi-process, kill/resume, the other training smokes). Exit status 5
-# (no test selected) is not an error. The fast suite goes out one test file per xdist worker
-# (--dist loadfile), so a module-scoped fixture (the shared training run of test_train.py) runs once.
+# (no test selected) is not an error.
 test: venv
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 -m "not slow" tests || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -n 2 --durations=15 -m "not slow" tests || [ $$? -eq 5 ]
 
 test-slow: venv
 	$(PY) -m pytest -q -n 2 --durations=15 -m slow tests || [ $$? -eq 5 ]

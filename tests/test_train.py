@@ -39,7 +39,8 @@ def _listing(root):
 def smoke_run(tmp_path_factory):
     """One train_and_evaluate of the :smoke config (4 steps, checkpoints at 2 and 4, eval): the
     resume, NaN and shape tests start from copies of its checkpoints instead of training again.
-    (`make test` hands each test file to one xdist worker, `--dist loadfile`, so it runs once.)"""
+    (tests/conftest.py puts this module first, so under xdist its tests go to one worker in
+    the first chunk and the run happens once.)"""
     workdir = tmp_path_factory.mktemp("smoke")
     results = train_lib.train_and_evaluate(from_config(_smoke()), str(workdir))
     return workdir, results
