@@ -112,7 +112,9 @@ def test_oracle_returns_x0_exactly(name):
     x0 = _tokens(jax.random.PRNGKey(8), 8)
     predictor = lambda params, xt, t: 1e4 * jax.nn.one_hot(x0, V)  # noqa: E731
     x_T = p.prior(jax.random.PRNGKey(9), x0.shape)
-    for k in (40, 3):
+    # Every step and a 3-step sub-sequence for improved and ddim; the 3-step sub-sequence for
+    # ddpm and baseline (fewer compiles).
+    for k in ((40, 3) if name in ("improved", "ddim") else (3,)):
         out = make_sampler(p, predictor, num_steps=k, name=name)(
             init_params(p, None), x_T, key=jax.random.PRNGKey(10)).x0
         assert out.dtype == jnp.int32

@@ -92,10 +92,10 @@ def test_process_runs_through_the_generic_sampler(name, design):
     x0 = _data(process, key_data)
     eps = process.sample_eps(key_eps, x0.shape, x0.dtype)
     x_T = _start(process, x0, eps)
-    # Every step of the grid and a 2-step sub-sequence; the baseline design (which re-corrupts
-    # x0_hat on each step) on the sub-sequence only, where its last step does the work.
-    full = getattr(process, "num_timesteps", 20)
-    for num_steps in ((full, 2) if design == "improved" else (2,)):
+    # The improved design on every step of the grid; the baseline design (which re-corrupts
+    # x0_hat on each step) on a 2-step sub-sequence, where its last step does the work. (The
+    # improved design on sub-sequences: test_samplers.py, test_token_processes.py.)
+    for num_steps in ((getattr(process, "num_timesteps", 20),) if design == "improved" else (2,)):
         out = make_sampler(process, _oracle(process, x0), num_steps=num_steps,
                            name=design)(init_params(process, None), x_T, key=key_sample).x0
         assert out.shape == x0.shape and out.dtype == x0.dtype
