@@ -90,3 +90,22 @@ def test_reproduce_length_extrapolation_smoke(tmp_path):
     for per_seed in accuracy.values():
         for value in per_seed["0"].values():
             assert 0.0 <= value <= 100.0 and (value * 64 / 100).is_integer()
+
+
+def test_reproduce_solver_table_smoke(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.reproduce_solver_table", "--smoke",
+           f"--workdir={tmp_path}"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "solver_table.md").read_text()
+    assert "| DPM-Solver++(2M), log-SNR grid |" in table and "Reference: DDIM" in table
+    result = json.loads((tmp_path / "solver_table.json").read_text())
+    cells = {k: v for k, v in result["cells"].items() if k != "reference"}
+    # 11 rows x 2 NFE columns, every FD finite, every cell within its column's NFE budget.
+    assert len(cells) == 22 and all(np.isfinite(c["fd"]) for c in cells.values())
+    assert all(c["nfe"] <= int(k.rsplit("|", 1)[1]) for k, c in cells.items())
+    assert (tmp_path / "solver_table.png").stat().st_size > 0
+    # A rerun finds every cell done and trains nothing.
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and (tmp_path / "solver_table.md").read_text() == table
