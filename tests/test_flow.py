@@ -15,7 +15,7 @@ import pytest
 from udm import oracles
 from udm.losses import make_loss_fn
 from udm.processes import PROCESSES, FlowProcess
-from udm.sampling import make_sampler, ode
+from udm.sampling import make_sampler, network_predictor, ode
 
 MU, S = 0.5, 0.3
 MIX_MEANS, MIX_STDS, MIX_WEIGHTS = jnp.array([[-1.0], [1.5]]), jnp.array([0.3, 0.5]), jnp.array([0.3, 0.7])
@@ -132,6 +132,23 @@ def test_ode_ddim_is_euler_on_the_velocity():
         assert x.dtype == jnp.float64 and float(np.max(np.abs(np.asarray(x) - x_1))) > 0.5
         np.testing.assert_allclose(ddim, euler, rtol=0, atol=1e-12)
         np.testing.assert_allclose(ddim, np.asarray(x), rtol=0, atol=1e-12)
+
+
+def test_ode_euler_steps_with_the_networks_velocity():
+    """A velocity-predicting network through network_predictor: x0_hat = x_t - t v (FM2), and the
+    ODE velocity eps_hat - x0_hat (FM5) gives back v, so ode_euler steps x_s = x_t + (s - t) v."""
+    process = FlowProcess(prediction="velocity")
+    apply_fn = lambda params, xt, t_input: params * jnp.sin(xt) + (t_input / 999.0)[:, None]
+    predictor = network_predictor(process, apply_fn)
+    x_1 = jax.random.normal(jax.random.PRNGKey(8), (16, 3))
+    k = 4
+    out = make_sampler(process, predictor, "ode_euler", num_steps=k, denoise=False)(
+        jnp.float32(0.7), x_1, key=None).x0
+    times = np.asarray(jnp.linspace(1.0, process.t_min, k + 1, dtype=jnp.float32))
+    x = x_1
+    for t, s in zip(times[:-1], times[1:]):
+        x = x + (s - t) * apply_fn(0.7, x, jnp.full((x.shape[0],), 999.0 * t))
+    np.testing.assert_allclose(out, x, rtol=0, atol=2e-5)
 
 
 def test_velocity_loss_of_the_exact_predictor_is_the_posterior_variance():
