@@ -19,6 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.process.prediction = "eps"     # network output: "eps", "x0" or "v"
     # Continuous time instead (configs/sde_digits.py): c.process = {name: "sde", sde: "vp" |
     # "subvp" | "ve" | "blog", + that SDE's hyperparameters}; the network then predicts eps.
+    # Flow matching (configs/flow_digits.py): c.process = {name: "flow", prediction: "velocity" |
+    # "x0" | "eps", t_min, time_input_scale}; x_t = (1 - t) x_0 + t eps (docs/flow_matching.md).
 
     c.model = ml_collections.ConfigDict()   # udm.nn.UNet fields
     c.model.channels = 16            # base width (16: ~177k parameters, fits the CPU demo)
@@ -43,6 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.loss_weighting = "none"  # "none" (DDPM's simple loss) or "min_snr_5";
                                      # SDEs: "none" or "likelihood" (lambda(t) = g_t^2)
     c.train.time_sampling = "uniform"  # SDEs: t ~ U(t_min, 1), or "importance" (p(t) ~ g^2/beta_bar^2)
+                                     # flow: "uniform" or "logit_normal" (SD3's t = sigmoid(N(0, 1)))
     c.train.log_every = 50           # steps between metric logs (and host syncs)
     c.train.checkpoint_every = 500   # steps between checkpoints (and always at the end)
     c.train.keep_checkpoints = 3
@@ -62,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
                                      # <= clip_pixel levels of 2/255 (0: off); last step mean-only
     c.sampler.clip_sigma_idx = 1     # pixel clip on the steps into x_{tau_i}, 0 < i <= this
     # SDE processes also sample with "em", "pc", "ode_euler", "ode_heun", "ode_ddim",
-    # "ode_adaptive" (udm.sampling: one registry); their hyperparameters:
+    # "ode_adaptive" (udm.sampling: one registry; flow: the ode_* ones); their hyperparameters:
     c.sampler.noise_scale = 1.0      # em: sigma_t = noise_scale g_t (0: probability-flow Euler)
     c.sampler.snr = 0.16             # pc: Langevin corrector signal-to-noise ratio
     c.sampler.corrector_steps = 1    # pc

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base, cold_digits, ddpm_cifar10, ddpm_digits, heat_digits, sde_digits
+from configs import base, cold_digits, ddpm_cifar10, ddpm_digits, flow_digits, heat_digits, sde_digits
 from udm.pipeline import train as train_lib
 from udm.pipeline.spec import from_config, make_process
 from udm.nn import count_params
@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("module,variant", [
     (ddpm_digits, ""), (ddpm_digits, "smoke"), (ddpm_cifar10, "smoke"), (sde_digits, ""),
     (sde_digits, "subvp"), (sde_digits, "ve,smoke"), (sde_digits, "blog"), (cold_digits, ""),
-    (cold_digits, "noisy,smoke"), (heat_digits, ""), (heat_digits, "smoke")])
+    (cold_digits, "noisy,smoke"), (heat_digits, ""), (heat_digits, "smoke"), (flow_digits, ""),
+    (flow_digits, "smoke"), (flow_digits, "x0,logit_normal,smoke"), (flow_digits, "eps")])
 def test_configs_validate(module, variant):
     config = module.get_config(variant)
     config.data.name = "digits"      # validation does not need the dataset itself
@@ -33,6 +34,8 @@ def test_unknown_variant_is_refused():
         ddpm_digits.get_config("tiny")
     with pytest.raises(ValueError, match="valid: one of vp, subvp, ve, blog"):
         sde_digits.get_config("vp,ve")
+    with pytest.raises(ValueError, match="valid: at most one of velocity, x0, eps"):
+        flow_digits.get_config("x0,eps")
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -56,6 +59,31 @@ def test_sde_config_errors_name_the_field(field, value, message):
         message = "unknown hyperparameters \\['sigma_max'\\] for the 'vp' SDE"
     else:
         config[section][leaf] = value
+    with pytest.raises(ValueError, match=message):
+        from_config(config)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("process.prediction", "v", r"config.process \('flow'\) is invalid: unknown prediction "
+                                r"target 'v' for the flow process; valid: velocity, x0, eps"),
+    ("process.t_min", 1.0, r"config.process \('flow'\) is invalid: t_min must be in \(0, 1\)"),
+    ("process.time_input_scale", 0.0, "time_input_scale must be > 0"),
+    ("process.sigma_max", 3.0, r"unknown hyperparameters \['sigma_max'\] for the flow process"),
+    ("train.time_sampling", "importance", "config.train.loss_weighting / time_sampling: unknown "
+                                          "time sampling 'importance' for the flow process; "
+                                          "valid: uniform, logit_normal"),
+    ("train.loss_weighting", "likelihood", "unknown loss weighting 'likelihood' for the flow "
+                                           "process; valid: none"),
+    ("sampler.name", "em", r"sampler 'em' needs a reverse-time SDE.*the FlowProcess samples "
+                           r"with: baseline, ddim, ddpm, improved, ode_adaptive, ode_ddim, "
+                           r"ode_euler, ode_heun"),
+    ("sampler.spacing", "quadratic", "continuous-time grids are uniform in t"),
+    ("sampler.num_steps", 0, "config.sampler.num_steps must be >= 1, got 0"),
+])
+def test_flow_config_errors_name_the_field(field, value, message):
+    config = flow_digits.get_config()
+    section, leaf = field.split(".")
+    config[section][leaf] = value
     with pytest.raises(ValueError, match=message):
         from_config(config)
 

@@ -25,12 +25,14 @@ KWARGS = {
     "d3pm_absorbing": dict(seq_len=SEQ_LEN, vocab_size=VOCAB, num_timesteps=6),
     "encoding": dict(seq_len=SEQ_LEN, vocab_size=VOCAB, latent_dim=8, num_timesteps=20),
     "sde": dict(sde="vp"),
+    "flow": dict(prediction="velocity"),
 }
 ALL = PROCESSES.names()
 # The optional methods each capability promises (`udm.processes.base.Capabilities`).
 OPTIONAL = {"gaussian_marginals": ("marginal",), "ddpm_variance": ("ddpm_sigma_tilde",),
             "learned_params": ("init_params", "bind", "diagnostics"),
-            "latent_state": ("decode",), "fitted_prior": ("fit_prior",)}
+            "latent_state": ("decode",), "fitted_prior": ("fit_prior",),
+            "reverse_sde": ("f", "g2", "transition")}
 
 
 def test_every_registered_process_is_covered():

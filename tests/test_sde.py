@@ -486,10 +486,17 @@ def test_sampler_errors_list_valid_names():
     score = gaussian_score(sde)
     x0_pred = oracles.gaussian_posterior_mean(sde, M, S)
     discrete = GaussianProcess.from_schedule("blog", 100)
-    with pytest.raises(ValueError, match="needs a continuous-time process with Gaussian marginals "
-                                         r"\(an SDE\); the GaussianProcess samples with: "
+    with pytest.raises(ValueError, match="needs a reverse-time SDE with finite drift and "
+                                         r"diffusion on \[t_min, 1\] \(Capabilities.reverse_sde"
+                                         r".*\); the GaussianProcess samples with: "
                                          "baseline, ddim, ddpm, improved"):
         make_sampler(discrete, oracles.gaussian_posterior_mean(discrete, M, S), "em",
+                     num_steps=10)
+    with pytest.raises(ValueError, match="needs a continuous-time process with Gaussian marginals "
+                                         r"\(an SDE, or the flow-matching path\); the "
+                                         "GaussianProcess samples with: baseline, ddim, ddpm, "
+                                         "improved"):
+        make_sampler(discrete, oracles.gaussian_posterior_mean(discrete, M, S), "ode_euler",
                      num_steps=10)
     with pytest.raises(ValueError, match="unknown sampler 'euler'; valid names: baseline, ddim"):
         make_sampler(sde, x0_pred, "euler", num_steps=10)

@@ -203,6 +203,23 @@ def test_sde_smoke_train_and_evaluate(tmp_path):
 
 
 @pytest.mark.slow  # a further training smoke: `make test-slow`
+def test_flow_smoke_train_and_evaluate(tmp_path):
+    """Flow matching (docs/flow_matching.md) trains its velocity-predicting UNet through the same
+    entry point and samples with rectified flow's Euler sampler and the adaptive ODE solver."""
+    from configs import flow_digits
+    config = flow_digits.get_config("smoke")
+    config.train.progress_bar = False
+    results = train_lib.train_and_evaluate(from_config(config), str(tmp_path))
+    rows = {r["samples"]: r for r in results["rows"]}
+    assert rows["ode_euler"]["steps"] == 5 and rows["ode_euler"]["nfe"] == 6  # + the x_0 step
+    adaptive = rows["ode_adaptive (tsit5, rtol=0.001)"]
+    assert adaptive["steps"] is None and (adaptive["nfe"] - 2) % 6 == 0
+    assert all(np.isfinite(r["fd"]) for r in results["rows"])
+    for name in ["samples.png", "samples_ode_euler_5.png", "samples_ode_adaptive.png"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+
+
+@pytest.mark.slow  # a further training smoke: `make test-slow`
 def test_cold_blur_smoke_trains_and_samples_both_designs(tmp_path):
     """Cold diffusion trains through the same entry point (x_0-predicting UNet, l1 loss) and
     samples with the naive and improved designs from a prior fitted to F_T(data)."""

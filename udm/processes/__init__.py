@@ -4,12 +4,14 @@ Every process satisfies one contract (`udm.processes.base.Process`, optional abi
 its `Capabilities`) and runs through the one sampler entry point (udm.sampling.make_sampler) and
 the one loss (udm.losses.make_loss_fn): Gaussian noise (B1), cold blur and heat dissipation (B2,
 C1), masking (B4), edit (B3), the encoding model (B5, a learned encoder with noise in its latent),
-D3PM transition matrices (C2) (docs/processes.md), and the continuous-time SDEs (docs/sde_ode.md).
+D3PM transition matrices (C2) (docs/processes.md), the continuous-time SDEs (docs/sde_ode.md) and
+flow matching (docs/flow_matching.md).
 """
 from udm.processes.base import Capabilities, Process, correct_by_inversion
 from udm.processes.cold import LinearDegradationProcess, cold_blur
 from udm.processes.d3pm import D3PMProcess, d3pm_absorbing, d3pm_uniform
 from udm.processes.edit import EditProcess, edit
+from udm.processes.flow import FlowProcess, flow
 from udm.processes.encoding import EncodingProcess, encoding
 from udm.processes.gaussian import GaussianProcess, LOSS_WEIGHTINGS, PREDICTION_TARGETS
 from udm.processes.heat import heat_dissipation
@@ -27,6 +29,7 @@ PROCESSES.register("edit")(edit)
 PROCESSES.register("d3pm_uniform")(d3pm_uniform)
 PROCESSES.register("d3pm_absorbing")(d3pm_absorbing)
 PROCESSES.register("encoding")(encoding)
+PROCESSES.register("flow")(flow)
 
 
 @PROCESSES.register("sde")
@@ -36,6 +39,7 @@ def _sde(sde: str = "vp", **hyperparameters):
 
 
 __all__ = ["PROCESSES", "Capabilities", "Process", "SDE", "GaussianProcess", "LinearDegradationProcess",
-           "MaskingProcess", "EditProcess", "D3PMProcess", "EncodingProcess", "correct_by_inversion",
+           "MaskingProcess", "EditProcess", "D3PMProcess", "EncodingProcess", "FlowProcess",
+           "correct_by_inversion",
            "LOSS_WEIGHTINGS", "PREDICTION_TARGETS", "cold_blur", "heat_dissipation", "masking",
-           "edit", "encoding", "d3pm_uniform", "d3pm_absorbing"]
+           "edit", "encoding", "d3pm_uniform", "d3pm_absorbing", "flow"]

@@ -45,6 +45,10 @@ class Capabilities:
         `prior_std`, and `prior(key, shape)` is `prior_std` times a standard normal draw of the
         state's shape, so a standard-normal latent z stands for x_T = prior_std z
         (docs/architecture.md, "One contract for processes").
+      reverse_sde: the process is a linear SDE with drift and diffusion finite on [t_min, 1]: it
+        has `f(t)`, `g2(t)` and `transition(t, s)`, so the reverse-time SDE samplers (em, pc)
+        apply. The flow-matching path has Gaussian marginals but not this: its g_t^2 = 2t / (1 - t)
+        diverges at t = 1 (docs/flow_matching.md (FM6)); it samples with the probability-flow ODE.
     """
     continuous_time: bool = False
     tokens: bool = False
@@ -54,6 +58,7 @@ class Capabilities:
     latent_state: bool = False
     fitted_prior: bool = False
     isotropic_prior: bool = False
+    reverse_sde: bool = False
 
 
 @runtime_checkable

@@ -62,7 +62,7 @@ class SDE:
     time_input_scale: float
 
     capabilities = Capabilities(continuous_time=True, gaussian_marginals=True, ddpm_variance=True,
-                                isotropic_prior=True)
+                                isotropic_prior=True, reverse_sde=True)
 
     def __post_init__(self):
         if not 0.0 < self.t_min < 1.0:

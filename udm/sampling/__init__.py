@@ -6,8 +6,10 @@
 Samplers (one registry, `SAMPLERS`; each states which processes it supports):
   ddpm, ddim, baseline, improved   estimate-then-correct (docs/udm.md A3), any process / any with
                                    DDPM's variance, discrete or continuous time (`correct`)
-  em, pc                           reverse-time SDE (docs/sde_ode.md S9) and predictor-corrector (`sde`)
-  ode_euler, ode_heun, ode_ddim, ode_adaptive   the probability-flow ODE (docs/sde_ode.md S10; `ode`)
+  em, pc                           reverse-time SDE (docs/sde_ode.md S9) and predictor-corrector (`sde`),
+                                   processes declaring `reverse_sde` (the SDEs)
+  ode_euler, ode_heun, ode_ddim, ode_adaptive   the probability-flow ODE (docs/sde_ode.md S10) in
+                                   velocity form (docs/flow_matching.md FM5; `ode`): the SDEs and flow matching
 Time grids come from `grids`. A predictor is `(params, x_t, t) -> x0_hat` (or an `Estimate`).
 """
 from typing import Any

@@ -1,5 +1,9 @@
 """Reverse-time SDE and probability-flow ODE samplers of a continuous-time process (docs/sde_ode.md).
 
+em and pc need the SDE's drift and diffusion (`Capabilities.reverse_sde`: the SDEs of
+udm.processes.sde); the ODE samplers need only Gaussian marginals, so they also run the
+flow-matching path (docs/flow_matching.md (FM5)), whose g_t^2 diverges at t = 1.
+
 * "em": Euler-Maruyama on the one-parameter family of reverse SDEs that share the marginals
   (S9), dx = [f_t x - 1/2 (g_t^2 + sigma_t^2) score] dt + sigma_t dw with sigma_t = lambda g_t:
   lambda = 1 is the reverse SDE (S3)/(S4), lambda = 0 the probability-flow ODE (S10) by Euler.
@@ -8,10 +12,11 @@
   corrector whose step is set by a signal-to-noise ratio.
 * "ode_euler", "ode_heun", "ode_ddim", "ode_adaptive": the probability-flow ODE (udm.sampling.ode).
 
-The registered samplers take the x_0 predictor every sampler takes and turn it into the score
-(alpha_bar x0_hat - x) / beta_bar^2; the builders below take a score function directly (tests
-use exact scores). They run from x_1 at t = 1 to t_end = t_min and by default return the Tweedie
-estimate E[x_0 | x_{t_end}] = (x + beta_bar^2 score) / alpha_bar (one more evaluation), as
+The registered samplers take the x_0 predictor every sampler takes: em and pc turn it into the
+score (alpha_bar x0_hat - x) / beta_bar^2, the ODE samplers use it directly (kind="x0"); the
+builders below also take a score function (tests use exact scores). They run from x_1 at t = 1 to
+t_end = t_min and by default return the x_0 estimate at t_end (for a score, Tweedie's
+E[x_0 | x_{t_end}] = (x + beta_bar^2 score) / alpha_bar; one more evaluation), as
 `SampleOutput(x0, nfe, success)`.
 """
 from typing import Any, Callable, Optional
@@ -20,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from udm.sampling import ode
-from udm.sampling.base import SampleOutput, SamplerOptions, register, score_fn_of
+from udm.sampling.base import SampleOutput, SamplerOptions, register, score_fn_of, x0_of
 
 Array = Any
 
@@ -116,25 +121,28 @@ def make_sde_sampler(sde, score_fn: Callable, *, num_steps: int, predictor: str 
 
 def make_ode_sampler(sde, score_fn: Callable, *, num_steps: int = 0, method: str = "euler",
                      denoise: bool = True, t_end: Optional[float] = None, jit: bool = True,
-                     **adaptive_options):
+                     kind: str = "score", **adaptive_options):
     """Builds `sample(params, x_1, *, key) -> SampleOutput` from the probability-flow ODE.
 
     method: "euler", "heun", "ddim" (K fixed steps) or "adaptive" (diffrax; num_steps unused;
     `adaptive_options` go to `udm.sampling.ode.make_adaptive_solver`: solver, rtol, atol, max_steps).
+    kind: what score_fn returns, "score" or "x0" (`udm.sampling.ode.make_denoiser`).
     The key is unused (the ODE is deterministic).
     """
     t_end = sde.t_min if t_end is None else t_end
     if method == "adaptive":
-        solve = ode.make_adaptive_solver(sde, score_fn, t0=1.0, t1=t_end, **adaptive_options)
+        solve = ode.make_adaptive_solver(sde, score_fn, t0=1.0, t1=t_end, kind=kind,
+                                         **adaptive_options)
     else:
         solve = ode.make_fixed_step_solver(sde, score_fn, num_steps=num_steps, method=method,
-                                           t0=1.0, t1=t_end)
+                                           t0=1.0, t1=t_end, kind=kind)
+    denoiser = ode.make_denoiser(sde, score_fn, kind)
 
     def sample(params, x_1, *, key):
         del key
         x, nfe, success = solve(params, x_1)
         if denoise:
-            x = sde.x0_from_score(x, t_end, score_fn(params, x, jnp.float32(t_end)))
+            x = denoiser(params, x, jnp.float32(t_end))[0].astype(x.dtype)
             nfe = nfe + 1
         return SampleOutput(x, nfe, success)
 
@@ -147,7 +155,20 @@ def _continuous_gaussian(c):
     return c.continuous_time and c.gaussian_marginals
 
 
-_REQUIREMENT = "a continuous-time process with Gaussian marginals (an SDE)"
+def _reverse_sde(c):
+    return c.continuous_time and c.gaussian_marginals and c.reverse_sde
+
+
+_REQUIREMENT = ("a continuous-time process with Gaussian marginals (an SDE, or the flow-matching "
+                "path)")
+_SDE_REQUIREMENT = ("a reverse-time SDE with finite drift and diffusion on [t_min, 1] "
+                    "(Capabilities.reverse_sde: the SDEs, not the flow-matching path, whose "
+                    "g_t^2 diverges at t = 1)")
+
+
+def x0_fn_of(predictor) -> Callable:
+    """`(params, x, t) -> x0_hat` of a predictor (the point estimate of an `Estimate`)."""
+    return lambda params, x, t: x0_of(predictor(params, x, t))
 
 
 def _clipped(sample, clip_x0):
@@ -161,7 +182,7 @@ def _clipped(sample, clip_x0):
     return clipped
 
 
-@register("em", supports=_continuous_gaussian, requirement=_REQUIREMENT)
+@register("em", supports=_reverse_sde, requirement=_SDE_REQUIREMENT)
 def _em(process, predictor, num_steps, o: SamplerOptions):
     return _clipped(make_sde_sampler(process, score_fn_of(process, predictor),
                                      num_steps=num_steps, predictor="em",
@@ -169,7 +190,7 @@ def _em(process, predictor, num_steps, o: SamplerOptions):
                     o.clip_x0)
 
 
-@register("pc", supports=_continuous_gaussian, requirement=_REQUIREMENT)
+@register("pc", supports=_reverse_sde, requirement=_SDE_REQUIREMENT)
 def _pc(process, predictor, num_steps, o: SamplerOptions):
     return _clipped(make_sde_sampler(process, score_fn_of(process, predictor),
                                      num_steps=num_steps, predictor="reverse_diffusion",
@@ -179,9 +200,9 @@ def _pc(process, predictor, num_steps, o: SamplerOptions):
 
 def _fixed_ode(method):
     def build(process, predictor, num_steps, o: SamplerOptions):
-        return _clipped(make_ode_sampler(process, score_fn_of(process, predictor),
-                                         num_steps=num_steps, method=method, denoise=o.denoise,
-                                         jit=False), o.clip_x0)
+        return _clipped(make_ode_sampler(process, x0_fn_of(predictor), num_steps=num_steps,
+                                         method=method, denoise=o.denoise, jit=False,
+                                         kind="x0"), o.clip_x0)
     return build
 
 
@@ -193,6 +214,7 @@ for _method in ("euler", "heun", "ddim"):
 @register("ode_adaptive", supports=_continuous_gaussian, requirement=_REQUIREMENT, adaptive=True)
 def _ode_adaptive(process, predictor, num_steps, o: SamplerOptions):
     del num_steps  # the controller chooses the steps
-    return _clipped(make_ode_sampler(process, score_fn_of(process, predictor), method="adaptive",
+    return _clipped(make_ode_sampler(process, x0_fn_of(predictor), method="adaptive",
                                      denoise=o.denoise, solver=o.solver, rtol=o.rtol,
-                                     atol=o.atol, max_steps=o.max_steps, jit=False), o.clip_x0)
+                                     atol=o.atol, max_steps=o.max_steps, jit=False, kind="x0"),
+                    o.clip_x0)
