@@ -38,7 +38,8 @@ def probability_flow_drift(sde, score_fn):
 
 
 def make_fixed_step_solver(sde, score_fn, *, num_steps: int, method: str = "euler",
-                           t0: float = 1.0, t1: Optional[float] = None):
+                           t0: float = 1.0, t1: Optional[float] = None,
+                           times: Optional[Array] = None):
     """Builds `solve(params, x) -> ODESolution`: K fixed steps of the ODE from t0 to t1.
 
     Args:
@@ -49,13 +50,19 @@ def make_fixed_step_solver(sde, score_fn, *, num_steps: int, method: str = "eule
         (Euler in x / alpha_bar against beta_bar / alpha_bar, 1 per step; exact for a constant
         eps prediction).
       t0, t1: start and end times; t1 defaults to sde.t_min (t0 > t1 samples, t0 < t1 encodes).
+      times: optional [K + 1] times t0 ... t1 (`udm.sampling.grids`) instead of a uniform grid.
     """
     if method not in FIXED_STEP_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; valid: {', '.join(FIXED_STEP_METHODS)}")
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     t1 = sde.t_min if t1 is None else t1
-    grid = jnp.linspace(t0, t1, num_steps + 1, dtype=jnp.float32)
+    if times is None:
+        grid = jnp.linspace(t0, t1, num_steps + 1, dtype=jnp.float32)
+    else:
+        grid = jnp.asarray(times, jnp.float32)
+        if grid.shape != (num_steps + 1,):
+            raise ValueError(f"times must be [K + 1] = [{num_steps + 1}], got {grid.shape}")
     drift = probability_flow_drift(sde, score_fn)
 
     def step(params, x, t, s):
