@@ -14,7 +14,8 @@ import pytest
 from udm import oracles
 from udm.processes import GaussianProcess, masking
 from udm.processes import sde as sde_lib
-from udm.sampling import grids, make_sampler
+from udm.sampling import SamplerOptions, grids, make_sampler
+from udm.sampling.edm import churn_times
 
 M, S = 0.5, 0.3
 PROCESS = GaussianProcess.from_schedule("linear", 1000)
@@ -79,7 +80,7 @@ def test_heun_edm_discrete_is_algorithm_2():
 
 
 def test_churn():
-    """churn = 0, and churn outside its sigma window, are the deterministic sampler bit for bit;
+    """Churn outside its sigma window is the deterministic sampler (churn = 0) bit for bit;
     inside it the chain is stochastic and still samples the data (MC, n = 20000, K = 40)."""
     predictor = oracles.gaussian_posterior_mean(PROCESS, M, S)
     n = 20_000
@@ -87,8 +88,7 @@ def test_churn():
     run = lambda **o: np.asarray(make_sampler(  # noqa: E731
         PROCESS, predictor, "heun_edm", num_steps=40, spacing="karras", **o)(
         None, x_T, key=jax.random.key(1)).x0, np.float64)
-    deterministic = run()
-    np.testing.assert_array_equal(run(churn=0.0, churn_noise=0.5), deterministic)
+    deterministic = run()  # churn = 0: no noise is drawn at all
     np.testing.assert_array_equal(run(churn=10.0, churn_tmin=1e6), deterministic)
     churned = run(churn=10.0, churn_tmin=0.05, churn_tmax=50.0)
     assert np.max(np.abs(churned - deterministic)) > 0.1
@@ -97,6 +97,25 @@ def test_churn():
     for x0 in (deterministic, churned):
         assert abs(x0.mean() - M) < 5 * S / np.sqrt(n)
         assert abs(x0.var() / S ** 2 - 1) < 0.1
+
+
+@pytest.mark.parametrize("process", [PROCESS, sde_lib.VPSDE()], ids=["discrete", "vp"])
+def test_churn_times(process):
+    """sigma(t_hat) = (1 + gamma) sigma(t) inside [S_tmin, S_tmax] (continuous: by bisection;
+    discrete: the nearest step, within half a step's change of sigma), capped at the top; t_hat =
+    t elsewhere."""
+    k = 10
+    options = SamplerOptions(churn=2.0, churn_tmin=0.5, churn_tmax=20.0)
+    times = grids.time_grid(process, k, "karras")[:, 0]
+    t_hat = churn_times(process, times, k, options)
+    sigma, sigma_hat = (np.exp(-grids.log_snr(process, x)) for x in (times, t_hat))
+    inside = (sigma >= 0.5) & (sigma <= 20.0)
+    assert inside.sum() >= 3 and (~inside).sum() >= 3
+    np.testing.assert_array_equal(t_hat[~inside], times[~inside])
+    top = np.exp(-grids.log_snr(process, 1.0 if process.capabilities.continuous_time else 1000))
+    target = np.minimum(1.2 * sigma[inside], top)
+    rtol = 1e-4 if process.capabilities.continuous_time else 0.02
+    np.testing.assert_allclose(sigma_hat[inside], target, rtol=rtol)
 
 
 def _ancestral_law(process, grid, mean, var):

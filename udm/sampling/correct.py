@@ -68,7 +68,7 @@ def make_correct_sampler(process, predictor, num_steps: int, options: SamplerOpt
         x0_hat, std = predictor(network_params, x, t), None
         if isinstance(x0_hat, Estimate):
             x0_hat, std = x0_hat
-        x0_hat = clip_estimate(x0_hat, o)  # clip_x0, or dynamic thresholding (G6)
+        x0_hat = clip_estimate(x0_hat, o)  # clip_x0, or thresholding (docs/time_grids.md G6)
         if o.sigma_bar is not None:
             std = o.sigma_bar[t]
         if std is not None:

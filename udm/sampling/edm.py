@@ -1,4 +1,4 @@
-"""EDM's samplers in sigma = beta_bar / alpha_bar (docs/time_grids.md (G7), (G8)): heun_edm, euler_ancestral.
+"""EDM's samplers in sigma = beta_bar / alpha_bar: heun_edm, euler_ancestral (docs/time_grids.md G7, G8).
 
 Karras et al. (arXiv 2206.00364) write a Gaussian-marginal process in the scaled variable
 y = x / alpha_bar = x_0 + sigma eps, whose probability-flow ODE is dy/dsigma = (y - D(y; sigma)) /
@@ -71,7 +71,7 @@ def churn_times(process, times: np.ndarray, num_steps: int, o: SamplerOptions) -
         t_hat = grids.times_of_log_snr(process, lam_hat, t_lo=process.t_min)
         t_hat = np.maximum(t_hat, times)
     else:
-        t_hat = np.maximum(grids._nearest_steps(process, process.num_timesteps, lam_hat), times)
+        t_hat = np.maximum(grids.nearest_steps(process, process.num_timesteps, lam_hat), times)
     return np.where(gamma > 0, t_hat, times).astype(times.dtype)
 
 
@@ -83,7 +83,9 @@ def _check_churn(o: SamplerOptions) -> None:
 
 
 def make_heun_edm(process, predictor, num_steps: int, options: SamplerOptions):
-    """`sample(params, x_T, *, key) -> SampleOutput` of EDM's Algorithm 2 (G7), not jitted.
+    """`sample(params, x_T, *, key) -> SampleOutput` of EDM's Algorithm 2, not jitted.
+
+    docs/time_grids.md G7; Karras et al., arXiv 2206.00364.
 
     Args:
       process: a process with Gaussian marginals (discrete or continuous time).
@@ -118,7 +120,8 @@ def make_heun_edm(process, predictor, num_steps: int, options: SamplerOptions):
             sigma_t, sigma_hat = _sigma(proc, step.t), _sigma(proc, step.t_hat)
             if stochastic:  # gamma = 0 steps add exactly zero noise (t_hat = t)
                 z = jax.random.normal(jax.random.fold_in(key, step.index), y.shape, y.dtype)
-                y = y + o.churn_noise * jnp.sqrt(jnp.maximum(sigma_hat ** 2 - sigma_t ** 2, 0.0)) * z
+                spread = jnp.sqrt(jnp.maximum(sigma_hat ** 2 - sigma_t ** 2, 0.0))
+                y = y + o.churn_noise * spread * z
             sigma_s = _sigma(proc, step.s)
             d = (y - denoise(y, step.t_hat)) / sigma_hat
             y_euler = y + (sigma_s - sigma_hat) * d
@@ -140,7 +143,9 @@ def make_heun_edm(process, predictor, num_steps: int, options: SamplerOptions):
 
 
 def make_euler_ancestral(process, predictor, num_steps: int, options: SamplerOptions):
-    """`sample(params, x_T, *, key) -> SampleOutput` of the ancestral Euler sampler (G8), not jitted.
+    """`sample(params, x_T, *, key) -> SampleOutput` of the ancestral Euler sampler, not jitted.
+
+    docs/time_grids.md G8 (k-diffusion's sample_euler_ancestral, eta = 1).
 
     Each step t -> s: y' = D + (sigma_down / sigma_t)(y - D), then y_s = y' + sigma_up z with
     sigma_up = sigma_s sqrt(1 - sigma_s^2 / sigma_t^2), sigma_down = sqrt(sigma_s^2 - sigma_up^2).

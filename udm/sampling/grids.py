@@ -1,4 +1,4 @@
-"""Time grids of every sampler: rows (t, s) from the top step down, s < t (docs/time_grids.md).
+"""Time grids of every sampler: rows (t, s) from the top step down (docs/time_grids.md).
 
 Discrete time: an increasing sub-sequence tau_1 < ... < tau_K = T of {1..T} (docs/ddpm_ddim.md §2.4),
 as rows [[tau_K, tau_{K-1}], ..., [tau_1, 0]] of int32. Continuous time: K + 1 decreasing float32
@@ -76,27 +76,31 @@ def _strictly_increasing(tau: np.ndarray, num_timesteps: int) -> np.ndarray:
     return tau.astype(np.int32)
 
 
-def _nearest_steps(process, num_timesteps: int, lam_targets: np.ndarray) -> np.ndarray:
+def nearest_steps(process, num_timesteps: int, lam_targets: np.ndarray) -> np.ndarray:
     """For each target log-SNR, the step t in [1, T] whose lambda_t is nearest."""
     lam = log_snr(process, np.arange(1, num_timesteps + 1))
     return 1 + np.argmin(np.abs(lam[None, :] - lam_targets[:, None]), axis=1)
 
 
 def times_of_log_snr(process, lam_targets, *, t_lo: float, t_hi: float = 1.0,
-                     iterations: int = 60) -> np.ndarray:
+                     iterations: int = 40) -> np.ndarray:
     """Continuous times t in [t_lo, t_hi] with lambda(t) = lam_targets, by bisection.
 
     lambda(t) decreases in t for every process of udm.processes.sde; targets outside
-    [lambda(t_hi), lambda(t_lo)] land on the nearer end.
+    [lambda(t_hi), lambda(t_lo)] land on the nearer end. 40 halvings of [t_lo, t_hi] resolve t
+    below float32's spacing at t_min = 1e-5.
     """
-    lam_targets = np.asarray(lam_targets, np.float64)
-    lo = np.full(lam_targets.shape, t_lo, np.float64)
-    hi = np.full(lam_targets.shape, t_hi, np.float64)
+    lam_targets = np.atleast_1d(np.asarray(lam_targets, np.float64))
+    n = lam_targets.shape[0]
+    # Pad to a fixed size: JAX compiles each eager op once per shape, not once per K.
+    size = max(256, 1 << (n - 1).bit_length())
+    padded = np.concatenate([lam_targets, np.full(size - n, lam_targets[-1])])
+    lo, hi = np.full(size, t_lo, np.float64), np.full(size, t_hi, np.float64)
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
-        above = log_snr(process, mid.astype(np.float32)) > lam_targets  # still too clean: go later
+        above = log_snr(process, mid.astype(np.float32)) > padded  # still too clean: go later
         lo, hi = np.where(above, mid, lo), np.where(above, hi, mid)
-    return 0.5 * (lo + hi)
+    return (0.5 * (lo + hi))[:n]
 
 
 def _check_marginal(process, name: str) -> None:
@@ -120,8 +124,9 @@ def _continuous_from_log_snr(process, lam: np.ndarray) -> np.ndarray:
 # --- the spacings ------------------------------------------------------------------------------
 
 def _uniform_discrete(process, num_timesteps, num_steps, rho):
-    """tau_i = round(i T / K) (G1); K = T gives the full chain 1..T. This is diffusers'
-    "trailing" spacing, shifted to udm's 1-based steps."""
+    """tau_i = round(i T / K) (docs/time_grids.md G1); K = T gives the full chain 1..T.
+
+    This is diffusers' "trailing" spacing, shifted to udm's 1-based steps."""
     del process, rho
     i = np.arange(1, num_steps + 1)
     return np.round(i * num_timesteps / num_steps).astype(np.int32)
@@ -134,7 +139,8 @@ def _uniform_continuous(process, num_steps, rho):
 
 
 def _quadratic_discrete(process, num_timesteps, num_steps, rho):
-    """tau_i ~ T (i / K)^2, denser near t = 0 (DDIM paper), kept strictly increasing (G1)."""
+    """tau_i ~ T (i / K)^2, denser near t = 0 (DDIM paper), kept strictly increasing
+    (docs/time_grids.md G1)."""
     del process, rho
     i = np.arange(1, num_steps + 1)
     tau = np.round(num_timesteps * (i / num_steps) ** 2).astype(np.int64)
@@ -147,15 +153,16 @@ def _quadratic_discrete(process, num_timesteps, num_steps, rho):
 
 
 def _quadratic_continuous(process, num_steps, rho):
-    """t_i = t_min + (1 - t_min) (i / K)^2, i = K..0 (G1)."""
+    """t_i = t_min + (1 - t_min) (i / K)^2, i = K..0 (docs/time_grids.md G1)."""
     del rho
     u = np.arange(num_steps, -1, -1) / num_steps
     return process.t_min + (1.0 - process.t_min) * u ** 2
 
 
 def _leading_discrete(process, num_timesteps, num_steps, rho):
-    """diffusers' "leading" (G2): its 0-based steps j r, r = T // K, are udm's j r + 1; the
-    top one, (K - 1) r + 1 < T in general, is moved to T so that sampling starts from the prior."""
+    """diffusers' "leading" (docs/time_grids.md G2): its 0-based steps j r, r = T // K, are
+    udm's j r + 1; the top one, (K - 1) r + 1 < T in general, is moved to T so that sampling
+    starts from the prior."""
     del process, rho
     tau = np.arange(num_steps) * (num_timesteps // num_steps) + 1
     tau[-1] = num_timesteps
@@ -163,7 +170,8 @@ def _leading_discrete(process, num_timesteps, num_steps, rho):
 
 
 def _linspace_discrete(process, num_timesteps, num_steps, rho):
-    """diffusers' "linspace" (G2): round(linspace(0, T - 1, K)) + 1, which ends at T (K = 1: T)."""
+    """diffusers' "linspace" (docs/time_grids.md G2): round(linspace(0, T - 1, K)) + 1, which
+    ends at T (K = 1: T)."""
     del process, rho
     if num_steps == 1:
         return np.array([num_timesteps], np.int32)
@@ -171,25 +179,28 @@ def _linspace_discrete(process, num_timesteps, num_steps, rho):
 
 
 def _karras_discrete(process, num_timesteps, num_steps, rho):
-    """EDM's rho-spacing of sigma between steps 1 and T, each mapped to the nearest step (G3)."""
+    """EDM's rho-spacing of sigma between steps 1 and T, each mapped to the nearest step
+    (docs/time_grids.md G3)."""
     _check_marginal(process, "karras")
     if num_steps == 1:
         return np.array([num_timesteps], np.int32)
     top = _finite_top(process, num_timesteps)
     lam_ends = log_snr(process, np.array([top, 1]))
     lam = karras_log_snr(lam_ends[0], lam_ends[1], num_steps, rho)[::-1]
-    return _strictly_increasing(_nearest_steps(process, num_timesteps, lam), num_timesteps)
+    return _strictly_increasing(nearest_steps(process, num_timesteps, lam), num_timesteps)
 
 
 def _karras_continuous(process, num_steps, rho):
-    """K + 1 rho-spaced sigmas from sigma(1) to sigma(t_min), mapped to times by bisection (G3)."""
+    """K + 1 rho-spaced sigmas from sigma(1) to sigma(t_min), mapped to times by bisection
+    (docs/time_grids.md G3)."""
     lam_ends = log_snr(process, np.array([1.0, process.t_min], np.float32))
     return _continuous_from_log_snr(process, karras_log_snr(lam_ends[0], lam_ends[1],
                                                             num_steps + 1, rho))
 
 
 def _logsnr_discrete(process, num_timesteps, num_steps, rho):
-    """lambda uniform between lambda_1 and lambda_T, each mapped to the nearest step (G4)."""
+    """lambda uniform between lambda_1 and lambda_T, each mapped to the nearest step
+    (docs/time_grids.md G4)."""
     del rho
     _check_marginal(process, "logsnr")
     if num_steps == 1:
@@ -197,11 +208,12 @@ def _logsnr_discrete(process, num_timesteps, num_steps, rho):
     top = _finite_top(process, num_timesteps)
     lam_ends = log_snr(process, np.array([1, top]))
     lam = np.linspace(lam_ends[0], lam_ends[1], num_steps)
-    return _strictly_increasing(_nearest_steps(process, num_timesteps, lam), num_timesteps)
+    return _strictly_increasing(nearest_steps(process, num_timesteps, lam), num_timesteps)
 
 
 def _logsnr_continuous(process, num_steps, rho):
-    """lambda uniform between lambda(1) and lambda(t_min), mapped to times by bisection (G4)."""
+    """lambda uniform between lambda(1) and lambda(t_min), mapped to times by bisection
+    (docs/time_grids.md G4)."""
     del rho
     lam_ends = log_snr(process, np.array([1.0, process.t_min], np.float32))
     return _continuous_from_log_snr(process, np.linspace(lam_ends[0], lam_ends[1], num_steps + 1))
@@ -231,7 +243,7 @@ def discrete_time_grid(num_timesteps: int, num_steps: int, spacing="uniform", *,
       spacing: a SPACINGS name, or the sub-sequence itself: K increasing ints tau_1 < ... <
         tau_K = T in [1, T] (e.g. `udm.variance.optimal_trajectory`).
       process: the discrete process, needed by "karras" and "logsnr" (its marginal).
-      rho: the exponent of "karras" (G3).
+      rho: the exponent of "karras" (docs/time_grids.md G3).
 
     Returns:
       int32 array [K, 2].
@@ -264,7 +276,7 @@ def continuous_time_grid(process, num_steps: int, spacing: str = "uniform", *,
     Args:
       process: a continuous-time process (its t_min, and its marginal for karras / logsnr).
       num_steps: K >= 1.
-      spacing: "uniform", "quadratic", "karras" or "logsnr" (docs/time_grids.md (G1)-(G4)).
+      spacing: "uniform", "quadratic", "karras" or "logsnr" (docs/time_grids.md G1-G4).
       rho: the exponent of "karras".
     """
     if num_steps < 1:

@@ -169,7 +169,8 @@ _REQUIREMENT = "a continuous-time process with Gaussian marginals (an SDE)"
 
 
 def _clipped(sample, options: SamplerOptions):
-    """The samples clipped by clip_x0 or thresholded (G6); the flow itself is integrated unclipped."""
+    """The samples clipped by clip_x0 or thresholded (docs/time_grids.md G6); the flow itself is
+    integrated unclipped."""
     check_clip_options(options)
     if options.clip_x0 is None and options.threshold is None:
         return sample
