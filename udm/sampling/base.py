@@ -41,8 +41,9 @@ class SamplerOptions:
 
     Attributes:
       eta: ddim: the fresh-noise scale, sigma_s = eta sigma_s^DDPM, in [0, 1].
-      spacing: discrete time: a `udm.sampling.grids.SPACINGS` name or an explicit increasing
-        sub-sequence of {1..T}.
+      spacing: a `udm.sampling.grids.SPACINGS` name (docs/time_grids.md G1-G4) or, in
+        discrete time, an explicit increasing sub-sequence of {1..T}. The fixed-step SDE / ODE
+        solvers and the EDM samplers follow it too.
       sigma_bar: ddpm / ddim on a discrete process: optional [T + 1] std of p(x_0 | x_t) added
         to the estimate (Analytic-DPM's sigma_bar_t).
       std_cap: optional [T + 1] upper bound on that std (`udm.variance.std_cap`).
