@@ -17,6 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.process.schedule = "blog"      # "blog": alpha_t = sqrt(1 - 0.02 t/T); "linear"; "cosine"
     c.process.num_timesteps = 1000   # T
     c.process.prediction = "eps"     # network output: "eps", "x0" or "v"
+    c.process.zero_terminal_snr = False  # rescale so alpha_bar_T = 0 (Lin et al.); needs "v" or "x0"
     # Continuous time instead (configs/sde_digits.py): c.process = {name: "sde", sde: "vp" |
     # "subvp" | "ve" | "blog", + that SDE's hyperparameters}; the network then predicts eps.
     # Flow matching (configs/flow_digits.py): c.process = {name: "flow", prediction: "velocity" |
@@ -55,8 +56,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler.name = "ddim"          # a udm.sampling.SAMPLERS name the process supports
     c.sampler.num_steps = 50         # K network calls, in [1, T]
     c.sampler.eta = 0.0              # DDIM noise scale (ddim only); 1 = DDPM's variance
-    c.sampler.spacing = "uniform"    # sub-sequence of {1..T}: "uniform" or "quadratic"
+    # Time grid (docs/time_grids.md): "uniform", "quadratic", "karras", "logsnr"; discrete time
+    # also diffusers' "leading" and "linspace" (udm's "uniform" is diffusers' "trailing").
+    c.sampler.spacing = "uniform"
+    c.sampler.rho = 7.0              # exponent of the "karras" spacing (EDM)
     c.sampler.clip_x0 = True         # clip each x_0 estimate to the data range [-1, 1]
+    # Dynamic thresholding (Imagen): the quantile p in (0, 1) of |x_0 estimate| per example
+    # (e.g. 0.995); replaces clip_x0, which must then be False. None: off.
+    c.sampler.threshold = ml_collections.config_dict.placeholder(float)
     # Reverse variance of each ddpm/ddim step (docs/optimal_variance.md): "fixed_small" (DDPM's posterior
     # variance, eta-scaled: the plain sampler), "fixed_large" (1 - alpha_bar_t^2/alpha_bar_s^2),
     # "analytic" (Analytic-DPM), "ml_isotropic" (V5), "npr" / "sn" (need config.variance.head).
@@ -73,6 +80,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler.rtol = 1e-5            # ode_adaptive tolerances
     c.sampler.atol = 1e-5
     c.sampler.max_steps = 4096       # ode_adaptive step limit (a solve that hits it fails loudly)
+    # Any Gaussian-marginal process also samples with "heun_edm" and "euler_ancestral" (EDM, in
+    # sigma = beta_bar / alpha_bar; best with spacing="karras"). heun_edm's stochastic churn:
+    c.sampler.churn = 0.0            # S_churn (0: the deterministic Heun sampler)
+    c.sampler.churn_tmin = 0.0       # S_tmin: churn only where S_tmin <= sigma <= S_tmax
+    c.sampler.churn_tmax = float("inf")  # S_tmax
+    c.sampler.churn_noise = 1.0      # S_noise: scale of the churn's fresh noise
 
     c.variance = ml_collections.ConfigDict()  # optimal reverse variances (udm.variance)
     c.variance.head = ""             # "npr" or "sn": train a variance head after the mean model

@@ -42,7 +42,8 @@ def test_unknown_variant_is_refused():
     ("process.sde", "vq", "unknown SDE 'vq'"),
     ("process.beta_max", None, None),
     ("sampler.name", "euler", "unknown sampler 'euler'; valid names: baseline, ddim, ddpm, em"),
-    ("sampler.spacing", "quadratic", "continuous-time grids are uniform in t"),
+    ("sampler.spacing", "leading", "config.sampler.spacing: spacing 'leading' is not defined in "
+                                   "continuous time; valid: karras, logsnr, quadratic, uniform"),
     ("eval.step_counts", (10, 0), r"config.eval.step_counts entries must be >= 1, got 0"),
     ("process.t_min", 0.0, r"config.process \('sde'\) is invalid: t_min must be in \(0, 1\)"),
     ("train.loss_weighting", "min_snr_5",
@@ -211,3 +212,54 @@ def test_token_target_entropy_is_a_config_field():
         assert make_process(from_config(config)).target_entropy is None
         config.process.target_entropy = 0.5
         assert make_process(from_config(config)).target_entropy == 0.5
+
+
+@pytest.mark.parametrize("module,fields", [
+    (ddpm_digits, {"sampler.spacing": "karras", "sampler.rho": 5.0}),
+    (ddpm_digits, {"sampler.spacing": "logsnr", "eval.samplers": ("heun_edm", "euler_ancestral")}),
+    (ddpm_digits, {"sampler.spacing": "leading"}),
+    (ddpm_digits, {"sampler.spacing": "linspace", "sampler.name": "heun_edm", "sampler.churn": 5.0,
+                   "sampler.churn_tmin": 0.05, "sampler.churn_tmax": 50.0}),
+    (ddpm_digits, {"process.zero_terminal_snr": True, "process.prediction": "v"}),
+    (ddpm_digits, {"sampler.threshold": 0.995, "sampler.clip_x0": False}),
+    (sde_digits, {"sampler.spacing": "karras", "sampler.name": "heun_edm"}),
+    (sde_digits, {"sampler.spacing": "quadratic", "eval.samplers": ("ode_heun", "em")}),
+])
+def test_grid_and_edm_options_are_accepted(module, fields):
+    config = module.get_config()
+    for dotted, value in fields.items():
+        section, leaf = dotted.split(".")
+        config[section][leaf] = value
+    spec = from_config(config)
+    for dotted, value in fields.items():
+        section, leaf = dotted.split(".")
+        if section == "sampler":
+            assert getattr(spec.sampler, leaf) == value
+
+
+@pytest.mark.parametrize("module,fields,message", [
+    (ddpm_digits, {"process.zero_terminal_snr": True},
+     r"config\.process \('gaussian'\) is invalid: zero_terminal_snr=True needs prediction 'v' or "
+     r"'x0'"),
+    (ddpm_digits, {"sampler.threshold": 0.995},
+     r"config\.sampler\.threshold replaces the static clip: set config\.sampler\.clip_x0=False"),
+    (ddpm_digits, {"sampler.threshold": 1.5, "sampler.clip_x0": False},
+     r"config\.sampler\.threshold must be in \(0, 1\), got 1\.5"),
+    (ddpm_digits, {"sampler.churn": -1.0}, r"config\.sampler\.churn, churn_noise must be >= 0"),
+    (ddpm_digits, {"sampler.rho": 0.0}, r"config\.sampler\.rho must be > 0"),
+    (ddpm_digits, {"sampler.spacing": "cubic"},
+     r"unknown time spacing 'cubic'; valid names: karras, leading, linspace, logsnr, quadratic"),
+    (sde_digits, {"sampler.spacing": "linspace"},
+     r"config\.sampler\.spacing: spacing 'linspace' is not defined in continuous time"),
+    (cold_digits, {"sampler.spacing": "karras"},
+     r"config\.sampler\.spacing: spacing 'karras' reads log\(alpha_bar / beta_bar\)"),
+    (cold_digits, {"sampler.name": "heun_edm"},
+     r"sampler 'heun_edm' needs a process with Gaussian marginals"),
+])
+def test_grid_and_edm_options_are_refused_naming_the_field(module, fields, message):
+    config = module.get_config()
+    for dotted, value in fields.items():
+        section, leaf = dotted.split(".")
+        config[section][leaf] = value
+    with pytest.raises(ValueError, match=message):
+        from_config(config)

@@ -489,13 +489,13 @@ def test_sampler_errors_list_valid_names():
     with pytest.raises(ValueError, match="needs a reverse-time SDE with finite drift and "
                                          r"diffusion on \[t_min, 1\] \(Capabilities.reverse_sde"
                                          r".*\); the GaussianProcess samples with: "
-                                         "baseline, ddim, ddpm, improved"):
+                                         "baseline, ddim, ddpm, euler_ancestral, heun_edm, improved"):
         make_sampler(discrete, oracles.gaussian_posterior_mean(discrete, M, S), "em",
                      num_steps=10)
     with pytest.raises(ValueError, match="needs a continuous-time process with Gaussian marginals "
                                          r"\(an SDE, or the flow-matching path\); the "
                                          "GaussianProcess samples with: baseline, ddim, ddpm, "
-                                         "improved"):
+                                         "euler_ancestral, heun_edm, improved"):
         make_sampler(discrete, oracles.gaussian_posterior_mean(discrete, M, S), "ode_euler",
                      num_steps=10)
     with pytest.raises(ValueError, match="unknown sampler 'euler'; valid names: baseline, ddim"):
@@ -516,8 +516,9 @@ def test_sampler_errors_list_valid_names():
         sde_samplers.make_ode_sampler(sde, score, num_steps=10, method="rk4")
     with pytest.raises(ValueError, match="num_steps must be >= 1"):
         time_grid(sde, 0)
-    with pytest.raises(ValueError, match="uniform in t"):
-        time_grid(sde, 4, "quadratic")
+    with pytest.raises(ValueError, match="not defined in continuous time; valid: karras, logsnr, "
+                                         "quadratic, uniform"):
+        time_grid(sde, 4, "leading")
     with pytest.raises(ValueError, match="eps, x0, score"):
         sde_lib.as_score_fn(sde, score, "v")
     with pytest.raises(ValueError, match="blog, subvp, ve, vp"):

@@ -45,11 +45,39 @@ def cosine(num_timesteps: int, offset: float = 0.008) -> np.ndarray:
     return _from_one_step(np.sqrt(1.0 - betas))
 
 
-def get_alpha_bar(name: str, num_timesteps: int) -> np.ndarray:
-    """Looks a schedule up by name and checks it is a valid, decreasing signal coefficient."""
+def rescale_zero_terminal_snr(alpha_bar: np.ndarray) -> np.ndarray:
+    """Lin et al.'s zero-terminal-SNR rescale (arXiv 2305.08891, Algorithm 1; docs/time_grids.md (G5)).
+
+    alpha_bar_t for t = 1..T is shifted and scaled, alpha_bar_t <- (alpha_bar_t - alpha_bar_T)
+    alpha_bar_1 / (alpha_bar_1 - alpha_bar_T), so alpha_bar_1 is unchanged and alpha_bar_T = 0
+    exactly (an affine map with a positive slope: still decreasing). alpha_bar_0 = 1 stays.
+
+    Args:
+      alpha_bar: [T + 1] signal coefficients, T >= 2.
+    Returns:
+      [T + 1] float64, the last entry 0.
+    """
+    alpha_bar = np.asarray(alpha_bar, np.float64)
+    if alpha_bar.shape[0] < 3:
+        raise ValueError("the zero-terminal-SNR rescale needs T >= 2 (it keeps alpha_bar_1 and "
+                         "zeroes alpha_bar_T)")
+    first, last = alpha_bar[1], alpha_bar[-1]
+    rescaled = (alpha_bar[1:] - last) * (first / (first - last))
+    rescaled[0], rescaled[-1] = first, 0.0  # exactly, whatever the rounding
+    return np.concatenate([[1.0], rescaled])
+
+
+def get_alpha_bar(name: str, num_timesteps: int, *, zero_terminal_snr: bool = False) -> np.ndarray:
+    """Looks a schedule up by name and checks it is a valid, decreasing signal coefficient.
+
+    zero_terminal_snr: rescale it so that alpha_bar_T = 0 (`rescale_zero_terminal_snr`).
+    """
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
     alpha_bar = SCHEDULES.get(name)(num_timesteps)
+    if zero_terminal_snr:
+        alpha_bar = rescale_zero_terminal_snr(alpha_bar)
     assert alpha_bar.shape == (num_timesteps + 1,) and alpha_bar[0] == 1.0
-    assert np.all(np.diff(alpha_bar) < 0) and alpha_bar[-1] > 0
+    assert np.all(np.diff(alpha_bar) < 0)
+    assert alpha_bar[-1] == 0 if zero_terminal_snr else alpha_bar[-1] > 0
     return alpha_bar

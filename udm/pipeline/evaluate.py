@@ -110,15 +110,19 @@ def make_eval_sampler(spec: Spec, process, eval_apply, name: str, num_steps: int
     """
     sc = spec.sampler
     spacing = sc.spacing if spacing is None else spacing
-    clip = 1.0 if sc.clip_x0 and not process.capabilities.tokens else None
+    tokens = process.capabilities.tokens
+    clip = 1.0 if sc.clip_x0 and not tokens else None
     eta = sampler_eta(spec, name)
     options = dict(eta=eta, spacing=spacing, clip_x0=clip, noise_scale=sc.noise_scale,
                    snr=sc.snr, corrector_steps=sc.corrector_steps, solver=sc.solver,
-                   rtol=sc.rtol, atol=sc.atol, max_steps=sc.max_steps)
+                   rtol=sc.rtol, atol=sc.atol, max_steps=sc.max_steps, rho=sc.rho,
+                   threshold=None if tokens else sc.threshold, churn=sc.churn,
+                   churn_tmin=sc.churn_tmin, churn_tmax=sc.churn_tmax,
+                   churn_noise=sc.churn_noise)
     predictor = network_predictor(process, eval_apply)
     if sc.variance == "fixed_small":
         return make_sampler(process, predictor, name, num_steps=num_steps, **options)
-    grid = time_grid(process, num_steps, spacing)
+    grid = time_grid(process, num_steps, spacing, rho=sc.rho)
     cap = variance.std_cap(process, grid, eta=eta, clip_pixel=sc.clip_pixel or None,
                            clip_sigma_idx=sc.clip_sigma_idx)
     table = None
@@ -205,7 +209,8 @@ def sample_rows(spec: Spec, workdir: str, runs, *, process, eval_apply, params, 
                          image_shape=dataset.train_data.shape[1:], key=prior_key, mesh=mesh)
     sigma_bar, sample_params = None, params
     if spec.sampler.variance in variance.MONTE_CARLO_VARIANCES:
-        grid_times = np.concatenate([time_grid(process, k, spec.sampler.spacing)[:, 0]
+        grid_times = np.concatenate([time_grid(process, k, spec.sampler.spacing,
+                                               rho=spec.sampler.rho)[:, 0]
                                      for _, k in runs])
         sigma_bar = estimate_sigma_bar(spec, workdir, process=process, eval_apply=eval_apply,
                                        params=params, data=dataset.train_data,

@@ -70,6 +70,12 @@ class SamplerSpec:
     rtol: float = 1e-5
     atol: float = 1e-5
     max_steps: int = 4096
+    rho: float = 7.0
+    threshold: Optional[float] = None
+    churn: float = 0.0
+    churn_tmin: float = 0.0
+    churn_tmax: float = float("inf")
+    churn_noise: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,10 +184,19 @@ def _validate_process_and_samplers(spec: Spec):
     sc = spec.sampler
     for name in (sc.name, *spec.eval.samplers):
         sampling.check_supported(name, process)
+    _check(sc.rho > 0, f"config.sampler.rho must be > 0, got {sc.rho}")
     try:
-        sampling.time_grid(process, 1, sc.spacing)
+        sampling.time_grid(process, 1, sc.spacing, rho=sc.rho)
     except ValueError as e:
         raise ValueError(f"config.sampler.spacing: {e}") from e
+    if sc.threshold is not None:
+        _check(0.0 < sc.threshold < 1.0,
+               f"config.sampler.threshold must be in (0, 1), got {sc.threshold}")
+        _check(not sc.clip_x0, "config.sampler.threshold replaces the static clip: set "
+                               "config.sampler.clip_x0=False")
+    _check(sc.churn >= 0 and sc.churn_noise >= 0 and sc.churn_tmin <= sc.churn_tmax,
+           f"config.sampler.churn, churn_noise must be >= 0 and churn_tmin <= churn_tmax, got "
+           f"{sc.churn}, {sc.churn_noise}, {sc.churn_tmin}, {sc.churn_tmax}")
     for name, k in [("config.sampler.num_steps", sc.num_steps)] + [
             ("config.eval.step_counts entries", k) for k in spec.eval.step_counts]:
         sampling.check_num_steps(process, k, name)

@@ -58,12 +58,23 @@ class GaussianProcess(DiscreteTime):
 
     @classmethod
     def from_schedule(cls, schedule: str = "blog", num_timesteps: int = 1000, *,
-                      prediction: str = "eps", dtype=jnp.float32) -> "GaussianProcess":
-        """Builds the process from a named schedule (see `udm.schedules.SCHEDULES`)."""
+                      prediction: str = "eps", zero_terminal_snr: bool = False,
+                      dtype=jnp.float32) -> "GaussianProcess":
+        """Builds the process from a named schedule (see `udm.schedules.SCHEDULES`).
+
+        zero_terminal_snr: rescale the schedule so alpha_bar_T = 0 (docs/time_grids.md (G5)); x_T
+        then carries no signal, so an eps prediction cannot give x_0 there and is refused
+        (use "v" or "x0").
+        """
         if num_timesteps < 1:
             raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
         PREDICTION_TARGETS.get(prediction)
-        alpha_bar = schedules.get_alpha_bar(schedule, num_timesteps)
+        if zero_terminal_snr and prediction == "eps":
+            raise ValueError("zero_terminal_snr=True needs prediction 'v' or 'x0': at t = T, "
+                             "alpha_bar_T = 0 and x_0 = (x_T - beta_bar_T eps) / alpha_bar_T is "
+                             "undefined, got prediction 'eps'")
+        alpha_bar = schedules.get_alpha_bar(schedule, num_timesteps,
+                                            zero_terminal_snr=zero_terminal_snr)
         beta_bar = np.sqrt(1.0 - alpha_bar ** 2)
         return cls(jnp.asarray(alpha_bar, dtype), jnp.asarray(beta_bar, dtype), prediction)
 

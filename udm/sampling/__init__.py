@@ -10,16 +10,19 @@ Samplers (one registry, `SAMPLERS`; each states which processes it supports):
                                    processes declaring `reverse_sde` (the SDEs)
   ode_euler, ode_heun, ode_ddim, ode_adaptive   the probability-flow ODE (docs/sde_ode.md S10) in
                                    velocity form (docs/flow_matching.md FM5; `ode`): the SDEs and flow matching
-Time grids come from `grids`. A predictor is `(params, x_t, t) -> x0_hat` (or an `Estimate`).
+  heun_edm, euler_ancestral        EDM's Heun (with churn) and ancestral Euler in sigma =
+                                   beta_bar / alpha_bar, any Gaussian-marginal process
+                                   (docs/time_grids.md G7, G8; `edm`)
+Time grids come from `grids` (spacings: docs/time_grids.md). A predictor is `(params, x_t, t) -> x0_hat` (or an `Estimate`).
 """
 from typing import Any
 
 import jax
 
-from udm.sampling import correct, grids, ode, sde  # noqa: F401  (registers the samplers)
+from udm.sampling import correct, edm, grids, ode, sde  # noqa: F401  (registers the samplers)
 from udm.sampling.base import (SAMPLERS, Estimate, Predictor, SampleOutput, SamplerOptions,
-                               check_supported, network_predictor, score_fn_of, score_from_x0,
-                               supported_samplers)
+                               check_supported, clip_estimate, dynamic_threshold,
+                               network_predictor, score_fn_of, score_from_x0, supported_samplers)
 from udm.sampling.correct import slerp
 from udm.sampling.grids import (SPACINGS, check_num_steps, continuous_time_grid,
                                 discrete_time_grid, time_grid)
@@ -36,7 +39,8 @@ def make_sampler(process, predictor: Predictor, name: str = "ddim", *, num_steps
       num_steps: K steps of the time grid (ignored by ode_adaptive): [1, T] in discrete time.
       jit: return a jitted function (default) or the pure one.
       **options: `SamplerOptions` fields (eta, spacing, sigma_bar, std_cap, clip_x0,
-        noise_scale, snr, corrector_steps, solver, rtol, atol, max_steps, denoise, return_path).
+        noise_scale, snr, corrector_steps, solver, rtol, atol, max_steps, denoise, return_path,
+        rho, threshold, churn, churn_tmin, churn_tmax, churn_noise).
     """
     entry = check_supported(name, process)
     try:
@@ -51,6 +55,7 @@ def make_sampler(process, predictor: Predictor, name: str = "ddim", *, num_steps
 
 
 __all__ = ["SAMPLERS", "SPACINGS", "Estimate", "Predictor", "SampleOutput", "SamplerOptions",
-           "check_num_steps", "check_supported", "continuous_time_grid", "discrete_time_grid",
+           "check_num_steps", "check_supported", "clip_estimate", "continuous_time_grid",
+           "discrete_time_grid", "dynamic_threshold",
            "make_sampler", "network_predictor", "score_fn_of", "score_from_x0", "slerp",
            "supported_samplers", "time_grid"]

@@ -41,8 +41,9 @@ class SamplerOptions:
 
     Attributes:
       eta: ddim: the fresh-noise scale, sigma_s = eta sigma_s^DDPM, in [0, 1].
-      spacing: discrete time: a `udm.sampling.grids.SPACINGS` name or an explicit increasing
-        sub-sequence of {1..T}.
+      spacing: a `udm.sampling.grids.SPACINGS` name (docs/time_grids.md G1-G4) or, in
+        discrete time, an explicit increasing sub-sequence of {1..T}. The fixed-step SDE / ODE
+        solvers and the EDM samplers follow it too.
       sigma_bar: ddpm / ddim on a discrete process: optional [T + 1] std of p(x_0 | x_t) added
         to the estimate (Analytic-DPM's sigma_bar_t).
       std_cap: optional [T + 1] upper bound on that std (`udm.variance.std_cap`).
@@ -54,6 +55,11 @@ class SamplerOptions:
       solver, rtol, atol, max_steps: ode_adaptive (diffrax Tsit5 / Dopri5, PID controller).
       denoise: continuous time: end with the x_0 estimate at t_min (one more evaluation).
       return_path: also return every state of the scan (estimate-then-correct samplers).
+      rho: the exponent of the "karras" spacing (docs/time_grids.md (G3)); EDM's 7.
+      threshold: dynamic thresholding (docs/time_grids.md (G6)): the quantile p in (0, 1) of
+        |x0_hat| per example; None: off. Applied where clip_x0 is; exclusive with it.
+      churn, churn_tmin, churn_tmax, churn_noise: heun_edm's stochastic churn S_churn, S_tmin,
+        S_tmax, S_noise (docs/time_grids.md (G7)); churn = 0 is the deterministic sampler.
     """
     eta: float = 0.0
     spacing: Any = "uniform"
@@ -69,6 +75,12 @@ class SamplerOptions:
     max_steps: int = 4096
     denoise: bool = True
     return_path: bool = False
+    rho: float = 7.0
+    threshold: Optional[float] = None
+    churn: float = 0.0
+    churn_tmin: float = 0.0
+    churn_tmax: float = float("inf")
+    churn_noise: float = 1.0
 
 
 class SamplerEntry(NamedTuple):
@@ -126,6 +138,44 @@ def network_predictor(process, apply_fn: Callable, *, clip: Optional[float] = No
 def x0_of(estimate) -> Array:
     """The point estimate of a predictor's result (bare x0_hat or `Estimate`)."""
     return estimate.x0 if isinstance(estimate, Estimate) else estimate
+
+
+def check_clip_options(options: SamplerOptions) -> None:
+    """ValueError unless at most one of clip_x0 / threshold is set and threshold is in (0, 1)."""
+    if options.clip_x0 is not None and options.threshold is not None:
+        raise ValueError(f"clip_x0={options.clip_x0} and threshold={options.threshold} are "
+                         f"exclusive: set one of them (threshold replaces the static clip)")
+    if options.threshold is not None and not 0.0 < options.threshold < 1.0:
+        raise ValueError(f"threshold is the quantile p of |x0_hat| and must be in (0, 1), got "
+                         f"{options.threshold}")
+
+
+def dynamic_threshold(x0_hat: Array, p: float) -> Array:
+    """Imagen's dynamic thresholding (docs/time_grids.md (G6)), per example.
+
+    s = max(1, quantile_p |x0_hat|) over the example's entries; x0_hat is clipped to [-s, s]
+    and divided by s, so an example whose p-quantile is at most 1 is left untouched.
+
+    Args:
+      x0_hat: [B, ...] estimates.
+      p: the quantile, in (0, 1) (Imagen: 0.995).
+    Returns:
+      [B, ...], in [-1, 1].
+    """
+    flat = jnp.abs(x0_hat.reshape(x0_hat.shape[0], -1))
+    s = jnp.maximum(jnp.quantile(flat, p, axis=1), 1.0).astype(x0_hat.dtype)
+    s = s.reshape((-1,) + (1,) * (x0_hat.ndim - 1))
+    return jnp.clip(x0_hat, -s, s) / s
+
+
+def clip_estimate(x0_hat: Array, options: SamplerOptions) -> Array:
+    """x0_hat clipped as the options say: static clip_x0, dynamic threshold, or unchanged."""
+    check_clip_options(options)
+    if options.clip_x0 is not None:
+        return jnp.clip(x0_hat, -options.clip_x0, options.clip_x0)
+    if options.threshold is not None:
+        return dynamic_threshold(x0_hat, options.threshold)
+    return x0_hat
 
 
 def score_from_x0(process, t, x: Array, x0_hat: Array) -> Array:

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 from udm.processes.base import decode, split_params
 from udm.sampling import grids
-from udm.sampling.base import Estimate, SampleOutput, SamplerOptions, register
+from udm.sampling.base import (Estimate, SampleOutput, SamplerOptions, check_clip_options,
+                               clip_estimate, register)
 
 
 def _ddim(process, t, s, eta):
@@ -54,10 +55,11 @@ def make_correct_sampler(process, predictor, num_steps: int, options: SamplerOpt
     o = options
     if not 0.0 <= o.eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {o.eta}")
+    check_clip_options(o)
     continuous = process.capabilities.continuous_time
     if continuous and (o.sigma_bar is not None or o.std_cap is not None):
         raise ValueError("sigma_bar / std_cap tables are indexed by discrete times")
-    grid = grids.time_grid(process, num_steps, o.spacing)
+    grid = grids.time_grid(process, num_steps, o.spacing, rho=o.rho)
     steps = SamplerStep(t=jnp.asarray(grid[:, 0]), s=jnp.asarray(grid[:, 1]),
                         index=jnp.arange(num_steps, dtype=jnp.int32))
     t_end = jnp.asarray(grid[-1, 1])
@@ -66,8 +68,7 @@ def make_correct_sampler(process, predictor, num_steps: int, options: SamplerOpt
         x0_hat, std = predictor(network_params, x, t), None
         if isinstance(x0_hat, Estimate):
             x0_hat, std = x0_hat
-        if o.clip_x0 is not None:
-            x0_hat = jnp.clip(x0_hat, -o.clip_x0, o.clip_x0)
+        x0_hat = clip_estimate(x0_hat, o)  # clip_x0, or thresholding (docs/time_grids.md G6)
         if o.sigma_bar is not None:
             std = o.sigma_bar[t]
         if std is not None:

@@ -93,7 +93,8 @@ def probability_flow_drift(process, fn: Callable, kind: str = "score"):
 
 
 def make_fixed_step_solver(sde, score_fn, *, num_steps: int, method: str = "euler",
-                           t0: float = 1.0, t1: Optional[float] = None, kind: str = "score"):
+                           t0: float = 1.0, t1: Optional[float] = None, kind: str = "score",
+                           times: Optional[Array] = None):
     """Builds `solve(params, x) -> ODESolution`: K fixed steps of the ODE from t0 to t1.
 
     Args:
@@ -105,13 +106,19 @@ def make_fixed_step_solver(sde, score_fn, *, num_steps: int, method: str = "eule
         eps prediction).
       t0, t1: start and end times; t1 defaults to sde.t_min (t0 > t1 samples, t0 < t1 encodes).
       kind: what score_fn returns, "score" or "x0" (`make_denoiser`).
+      times: optional [K + 1] times t0 ... t1 (`udm.sampling.grids`) instead of a uniform grid.
     """
     if method not in FIXED_STEP_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; valid: {', '.join(FIXED_STEP_METHODS)}")
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     t1 = sde.t_min if t1 is None else t1
-    grid = jnp.linspace(t0, t1, num_steps + 1, dtype=jnp.float32)
+    if times is None:
+        grid = jnp.linspace(t0, t1, num_steps + 1, dtype=jnp.float32)
+    else:
+        grid = jnp.asarray(times, jnp.float32)
+        if grid.shape != (num_steps + 1,):
+            raise ValueError(f"times must be [K + 1] = [{num_steps + 1}], got {grid.shape}")
     denoise = make_denoiser(sde, score_fn, kind)
     drift = probability_flow_drift(sde, score_fn, kind)
 

@@ -23,9 +23,11 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from udm.sampling import ode
-from udm.sampling.base import SampleOutput, SamplerOptions, register, score_fn_of, x0_of
+from udm.sampling import grids, ode
+from udm.sampling.base import (SampleOutput, SamplerOptions, check_clip_options, clip_estimate,
+                               register, score_fn_of, x0_of)
 
 Array = Any
 
@@ -69,7 +71,8 @@ def langevin_step(sde, score, x, t, s, snr, z):
 
 def make_sde_sampler(sde, score_fn: Callable, *, num_steps: int, predictor: str = "em",
                      noise_scale: float = 1.0, corrector_steps: int = 0, snr: float = 0.16,
-                     denoise: bool = True, t_end: Optional[float] = None, jit: bool = True):
+                     denoise: bool = True, t_end: Optional[float] = None, jit: bool = True,
+                     times: Optional[Array] = None):
     """Builds `sample(params, x_1, *, key) -> SampleOutput` for a reverse-time SDE.
 
     Args:
@@ -83,6 +86,8 @@ def make_sde_sampler(sde, score_fn: Callable, *, num_steps: int, predictor: str 
       snr: the corrector's signal-to-noise ratio r.
       denoise: return E[x_0 | x_{t_end}] (Tweedie, one more evaluation) instead of x_{t_end}.
       t_end: last time, default sde.t_min.
+      times: optional [K + 1] decreasing times from 1 to t_end (`udm.sampling.grids`), instead of
+        the uniform grid.
     """
     if predictor not in ("em", "reverse_diffusion"):
         raise ValueError(f"unknown predictor {predictor!r}; valid: em, reverse_diffusion")
@@ -92,7 +97,8 @@ def make_sde_sampler(sde, score_fn: Callable, *, num_steps: int, predictor: str 
         raise ValueError(f"need num_steps >= 1 and corrector_steps >= 0, got {num_steps}, "
                          f"{corrector_steps}")
     t_end = sde.t_min if t_end is None else t_end
-    grid = jnp.linspace(1.0, t_end, num_steps + 1, dtype=jnp.float32)
+    grid = _grid(times, 1.0, t_end, num_steps)
+    t_end = grid[-1]
     steps = (grid[:-1], grid[1:], jnp.arange(num_steps, dtype=jnp.int32))
     nfe = num_steps * (1 + corrector_steps) + int(denoise)
 
@@ -113,29 +119,41 @@ def make_sde_sampler(sde, score_fn: Callable, *, num_steps: int, predictor: str 
 
         x, _ = jax.lax.scan(body, x_1, steps)
         if denoise:
-            x = sde.x0_from_score(x, t_end, score_fn(params, x, jnp.float32(t_end)))
+            x = sde.x0_from_score(x, t_end, score_fn(params, x, t_end))
         return SampleOutput(x, jnp.int32(nfe), jnp.bool_(True))
 
     return jax.jit(sample) if jit else sample
 
 
+def _grid(times, t0, t1, num_steps):
+    """The float32 [K + 1] times of a fixed-step solve: `times` if given, else uniform."""
+    if times is None:
+        return jnp.linspace(t0, t1, num_steps + 1, dtype=jnp.float32)
+    times = jnp.asarray(times, jnp.float32)
+    if times.shape != (num_steps + 1,):
+        raise ValueError(f"times must be [K + 1] = [{num_steps + 1}], got {times.shape}")
+    return times
+
+
 def make_ode_sampler(sde, score_fn: Callable, *, num_steps: int = 0, method: str = "euler",
                      denoise: bool = True, t_end: Optional[float] = None, jit: bool = True,
-                     kind: str = "score", **adaptive_options):
+                     kind: str = "score", times: Optional[Array] = None, **adaptive_options):
     """Builds `sample(params, x_1, *, key) -> SampleOutput` from the probability-flow ODE.
 
     method: "euler", "heun", "ddim" (K fixed steps) or "adaptive" (diffrax; num_steps unused;
     `adaptive_options` go to `udm.sampling.ode.make_adaptive_solver`: solver, rtol, atol, max_steps).
     kind: what score_fn returns, "score" or "x0" (`udm.sampling.ode.make_denoiser`).
-    The key is unused (the ODE is deterministic).
+    The key is unused (the ODE is deterministic). `times`: optional [K + 1] fixed-step grid.
     """
     t_end = sde.t_min if t_end is None else t_end
+    if times is not None:
+        t_end = float(times[-1])
     if method == "adaptive":
         solve = ode.make_adaptive_solver(sde, score_fn, t0=1.0, t1=t_end, kind=kind,
                                          **adaptive_options)
     else:
         solve = ode.make_fixed_step_solver(sde, score_fn, num_steps=num_steps, method=method,
-                                           t0=1.0, t1=t_end, kind=kind)
+                                           t0=1.0, t1=t_end, kind=kind, times=times)
     denoiser = ode.make_denoiser(sde, score_fn, kind)
 
     def sample(params, x_1, *, key):
@@ -171,23 +189,31 @@ def x0_fn_of(predictor) -> Callable:
     return lambda params, x, t: x0_of(predictor(params, x, t))
 
 
-def _clipped(sample, clip_x0):
-    """The samples clipped to [-clip_x0, clip_x0] (the flow itself is integrated unclipped)."""
-    if clip_x0 is None:
+def _clipped(sample, options: SamplerOptions):
+    """The samples clipped by clip_x0 or thresholded (docs/time_grids.md G6); the flow itself is
+    integrated unclipped."""
+    check_clip_options(options)
+    if options.clip_x0 is None and options.threshold is None:
         return sample
 
     def clipped(params, x, *, key):
         out = sample(params, x, key=key)
-        return out._replace(x0=jnp.clip(out.x0, -clip_x0, clip_x0))
+        return out._replace(x0=clip_estimate(out.x0, options))
     return clipped
+
+
+def _times(process, num_steps, o: SamplerOptions):
+    """[K + 1] times of the spacing the options name (docs/time_grids.md)."""
+    grid = grids.time_grid(process, num_steps, o.spacing, rho=o.rho)
+    return np.concatenate([grid[:, 0], grid[-1:, 1]])
 
 
 @register("em", supports=_reverse_sde, requirement=_SDE_REQUIREMENT)
 def _em(process, predictor, num_steps, o: SamplerOptions):
     return _clipped(make_sde_sampler(process, score_fn_of(process, predictor),
                                      num_steps=num_steps, predictor="em",
-                                     noise_scale=o.noise_scale, denoise=o.denoise, jit=False),
-                    o.clip_x0)
+                                     noise_scale=o.noise_scale, denoise=o.denoise, jit=False,
+                                     times=_times(process, num_steps, o)), o)
 
 
 @register("pc", supports=_reverse_sde, requirement=_SDE_REQUIREMENT)
@@ -195,14 +221,15 @@ def _pc(process, predictor, num_steps, o: SamplerOptions):
     return _clipped(make_sde_sampler(process, score_fn_of(process, predictor),
                                      num_steps=num_steps, predictor="reverse_diffusion",
                                      corrector_steps=o.corrector_steps, snr=o.snr,
-                                     denoise=o.denoise, jit=False), o.clip_x0)
+                                     denoise=o.denoise, jit=False,
+                                     times=_times(process, num_steps, o)), o)
 
 
 def _fixed_ode(method):
     def build(process, predictor, num_steps, o: SamplerOptions):
         return _clipped(make_ode_sampler(process, x0_fn_of(predictor), num_steps=num_steps,
                                          method=method, denoise=o.denoise, jit=False,
-                                         kind="x0"), o.clip_x0)
+                                         kind="x0", times=_times(process, num_steps, o)), o)
     return build
 
 
@@ -217,4 +244,4 @@ def _ode_adaptive(process, predictor, num_steps, o: SamplerOptions):
     return _clipped(make_ode_sampler(process, x0_fn_of(predictor), method="adaptive",
                                      denoise=o.denoise, solver=o.solver, rtol=o.rtol,
                                      atol=o.atol, max_steps=o.max_steps, jit=False, kind="x0"),
-                    o.clip_x0)
+                    o)
