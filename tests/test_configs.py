@@ -38,7 +38,8 @@ def test_unknown_variant_is_refused():
 @pytest.mark.parametrize("field,value,message", [
     ("process.sde", "vq", "unknown SDE 'vq'"),
     ("process.beta_max", None, None),
-    ("sampler.name", "euler", "unknown sampler 'euler'; valid names: baseline, ddim, ddpm, em"),
+    ("sampler.name", "euler",
+     "unknown sampler 'euler'; valid names: baseline, ddim, ddpm, dpm_solver_1, .*, em"),
     ("sampler.spacing", "quadratic", "continuous-time grids are uniform in t"),
     ("eval.step_counts", (10, 0), r"config.eval.step_counts entries must be >= 1, got 0"),
     ("process.t_min", 0.0, r"config.process \('sde'\) is invalid: t_min must be in \(0, 1\)"),

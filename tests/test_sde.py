@@ -488,7 +488,7 @@ def test_sampler_errors_list_valid_names():
     discrete = GaussianProcess.from_schedule("blog", 100)
     with pytest.raises(ValueError, match="needs a continuous-time process with Gaussian marginals "
                                          r"\(an SDE\); the GaussianProcess samples with: "
-                                         "baseline, ddim, ddpm, improved"):
+                                         "baseline, ddim, ddpm, dpm_solver_1, .*improved"):
         make_sampler(discrete, oracles.gaussian_posterior_mean(discrete, M, S), "em",
                      num_steps=10)
     with pytest.raises(ValueError, match="unknown sampler 'euler'; valid names: baseline, ddim"):

@@ -8,13 +8,17 @@ Samplers (one registry, `SAMPLERS`; each states which processes it supports):
                                    DDPM's variance, discrete or continuous time (`correct`)
   em, pc                           reverse-time SDE (docs/sde_ode.md S9) and predictor-corrector (`sde`)
   ode_euler, ode_heun, ode_ddim, ode_adaptive   the probability-flow ODE (docs/sde_ode.md S10; `ode`)
+  dpm_solver_1, dpm_solver_2, dpm_solver_3, dpm_solver_pp_2m, dpm_solver_pp_3m,
+  sde_dpm_solver_pp_2m, unipc_bh2   exponential integrators in the half log-SNR, any process with
+                                   Gaussian marginals, discrete or continuous time
+                                   (docs/fast_solvers.md; `dpm`)
 Time grids come from `grids`. A predictor is `(params, x_t, t) -> x0_hat` (or an `Estimate`).
 """
 from typing import Any
 
 import jax
 
-from udm.sampling import correct, grids, ode, sde  # noqa: F401  (registers the samplers)
+from udm.sampling import correct, dpm, grids, ode, sde  # noqa: F401  (registers the samplers)
 from udm.sampling.base import (SAMPLERS, Estimate, Predictor, SampleOutput, SamplerOptions,
                                check_supported, network_predictor, score_fn_of, score_from_x0,
                                supported_samplers)
