@@ -15,6 +15,7 @@ from udm import oracles
 from udm.processes import GaussianProcess, PROCESSES
 from udm.processes.sde import VPSDE
 from udm.sampling import make_sampler, time_grid
+from udm.sampling.dpm import multistep_orders, singlestep_groups
 
 M, S = 0.5, 0.3
 NEW = ["dpm_solver_1", "dpm_solver_2", "dpm_solver_3", "dpm_solver_pp_2m", "dpm_solver_pp_3m",
@@ -155,7 +156,23 @@ def test_sde_solver_noise_is_set_by_the_key(zero_snr_runs):
     assert np.min(np.abs(np.asarray(same) - np.asarray(other))) > 1e-6
 
 
-# --- structure: one trace, refusals -----------------------------------------------------------
+# --- structure: step layouts, one trace, refusals -------------------------------------------
+
+def test_singlestep_groups_and_multistep_orders():
+    assert singlestep_groups(8, 3, discrete=False) == [3, 3, 2]
+    assert singlestep_groups(16, 3, discrete=False) == [3, 3, 3, 3, 2, 2]  # no lone order-1 step
+    assert singlestep_groups(10, 3, discrete=True) == [3, 3, 3, 1]  # the step to 0 on its own
+    assert singlestep_groups(7, 2, discrete=True) == [2, 2, 2, 1]
+    assert singlestep_groups(1, 3, discrete=True) == [1]
+    for k in range(1, 12):
+        for order in (1, 2, 3):
+            for discrete in (False, True):
+                groups = singlestep_groups(k, order, discrete=discrete)
+                assert sum(groups) == k and max(groups) <= order
+    np.testing.assert_array_equal(multistep_orders(5, 3, discrete=True), [1, 2, 3, 3, 1])
+    np.testing.assert_array_equal(multistep_orders(4, 2, discrete=False), [1, 2, 2, 2])
+
+
 
 @pytest.mark.parametrize("continuous", [False, True])
 def test_each_sampler_traces_the_predictor_a_fixed_number_of_times(continuous):

@@ -4,7 +4,8 @@ Every process with Gaussian marginals p(x_t | x_0) = N(alpha_bar_t x_0, beta_bar
 time on any sub-sequence of 1..T, or an SDE) has the probability-flow ODE whose solution, written
 in the half log-SNR lambda_t = log(alpha_bar_t / beta_bar_t), is (docs/fast_solvers.md (F0))
 
-    x_s = (beta_bar_s / beta_bar_t) x_t + beta_bar_s int_{lambda_t}^{lambda_s} e^lambda x0_hat dlambda.
+    x_s = (beta_bar_s / beta_bar_t) x_t
+          + beta_bar_s int_{lambda_t}^{lambda_s} e^lambda x0_hat dlambda.
 
 The linear part is integrated exactly; the samplers differ in how they interpolate x0_hat in lambda
 (all in the data-prediction form, which stays finite at lambda = -inf, a zero-terminal-SNR top):
@@ -73,9 +74,11 @@ def _at(process, t) -> _Time:
 
 
 def _first_order(x, x0_hat, t: _Time, s: _Time):
-    """(F1) x_s = (beta_bar_s / beta_bar_t) x_t + alpha_bar_s (1 - e^{-h}) x0_hat, h = lambda_s - lambda_t.
+    """The first-order step, DDIM's deterministic one: docs/fast_solvers.md (F1).
 
-    DDIM's deterministic step (docs/ddpm_ddim.md (D7)); finite for lambda_t = -inf (then
+        x_s = (beta_bar_s / beta_bar_t) x_t + alpha_bar_s (1 - e^{-h}) x0_hat,
+
+    h = lambda_s - lambda_t, as docs/ddpm_ddim.md (D7); finite for lambda_t = -inf (then
     x_s = (beta_bar_s / beta_bar_t) x_t + alpha_bar_s x0_hat) and for s = 0 (then x_s = x0_hat).
     """
     h = s.lam - t.lam
@@ -84,7 +87,8 @@ def _first_order(x, x0_hat, t: _Time, s: _Time):
 
 # --- the shared pieces of every builder ---------------------------------------------------------
 
-def _check_options(process, o: SamplerOptions, name: str) -> None:
+def _check_options(o: SamplerOptions, name: str) -> None:
+    """ValueError for the options these deterministic-variance solvers cannot honour."""
     if o.sigma_bar is not None or o.std_cap is not None:
         raise ValueError(f"{name} integrates the probability-flow ODE: it takes no sigma_bar / "
                          f"std_cap variance table (those are for ddpm / ddim)")
@@ -149,16 +153,19 @@ def make_singlestep_sampler(process, predictor, num_steps: int, options: Sampler
     A step of order k spans k consecutive grid intervals t = u_0 > u_1 > ... > u_k = s, and
     evaluates the predictor once at each u_j (its own grid time, so discrete times stay integers).
     With h = lambda_s - lambda_t and r_j = (lambda_{u_j} - lambda_t) / h (from the grid, not fixed
-    1/3, 2/3), every point after the first is reached from x_t by (docs/fast_solvers.md (F2)),
+    1/3, 2/3), every point u after the first is reached from x_t by docs/fast_solvers.md (F2),
 
-        x_{u} = (F1)(x_t, x0_hat_t; t -> u) + alpha_bar_u (H + expm1(-H)) / (H r) (x0_hat_{u_j} - x0_hat_t),
+        x_u = (F1)(x_t, x0_hat(t); t -> u)
+              + alpha_bar_u (H + expm1(-H)) / (lambda_{u_j} - lambda_t) (x0_hat(u_j) - x0_hat(t)),
 
-    H = lambda_u - lambda_t and r = (lambda_{u_j} - lambda_t) / H with u_j the last point
-    evaluated: k = 2 is DPM-Solver-2 with a general r_1 (u_1 by (F1), s by (F2)); k = 3 is
-    DPM-Solver-3 with general r_1, r_2 (u_1 by (F1), u_2 by (F2) from u_1, s by (F2) from u_2 alone,
-    (F3)), third order when r_2 = 2/3 + O(h) (any grid smooth in the step index), second order
-    otherwise. From lambda_t = -inf the correction's limit is taken: x_u = (beta_bar_u / beta_bar_t)
-    x_t + alpha_bar_u x0_hat_{u_j}. DPM-Solver-1 is DDIM (eta = 0) on the same grid.
+    H = lambda_u - lambda_t, u_j the last point evaluated before u. k = 2 is DPM-Solver-2 with a
+    general r_1: u_1 by (F1), s by (F2), the weight h phi_2(-h) / r_1. k = 3 is DPM-Solver-3 with
+    general r_1 < r_2 (F3): u_1 by (F1), u_2 by (F2) from u_1 (weight (r_2^2 h / r_1)
+    phi_2(-r_2 h)), s by (F2) from u_2 alone (weight h phi_2(-h) / r_2); third order when
+    r_2 = 2/3 + O(h) (any grid whose lambda steps vary smoothly), second order otherwise. From
+    lambda_t = -inf the limit is taken: x_u = (beta_bar_u / beta_bar_t) x_t + alpha_bar_u
+    x0_hat(u_j). DPM-Solver-1 is DDIM (eta = 0) on the same grid. Group sizes:
+    `singlestep_groups`.
 
     Lu et al., "DPM-Solver" (arXiv 2206.00927), in the data-prediction form of Lu et al.,
     "DPM-Solver++" (arXiv 2211.01095).
@@ -166,7 +173,7 @@ def make_singlestep_sampler(process, predictor, num_steps: int, options: Sampler
     if order not in (1, 2, 3):
         raise ValueError(f"singlestep DPM-Solver order must be 1, 2 or 3, got {order}")
     o = options
-    _check_options(process, o, name)
+    _check_options(o, name)
     grid, continuous = _grid(process, num_steps, o.spacing)
     groups = singlestep_groups(num_steps, order, discrete=not continuous)
     starts = np.repeat(np.cumsum([0] + groups[:-1]), groups)
@@ -231,8 +238,9 @@ def _multistep_inputs(grid, orders) -> _MultistepInput:
 
 
 def _dpm_pp_2m(x, x0_hat, x0_prev, prev: _Time, t: _Time, s: _Time):
-    """(F4) DPM-Solver++(2M): (F1) with x0_hat + (h / (2 h_prev)) (x0_hat - x0_prev) in place of x0_hat.
+    """DPM-Solver++(2M), docs/fast_solvers.md (F4).
 
+    (F1) with x0_hat + (h / (2 h_prev)) (x0_hat - x0_prev) in place of x0_hat, where
     h_prev = lambda_t - lambda_prev; h_prev = inf (the previous point at lambda = -inf) gives (F1).
     """
     h, h_prev = s.lam - t.lam, t.lam - prev.lam
@@ -240,8 +248,10 @@ def _dpm_pp_2m(x, x0_hat, x0_prev, prev: _Time, t: _Time, s: _Time):
 
 
 def _dpm_pp_3m(x, x0_hat, x0_prev, x0_prev2, prev2: _Time, prev: _Time, t: _Time, s: _Time):
-    """(F5) DPM-Solver++(3M): x0_hat interpolated by the quadratic in lambda through the last three
-    estimates, integrated exactly against e^lambda:
+    """DPM-Solver++(3M), docs/fast_solvers.md (F5).
+
+    x0_hat interpolated by the quadratic in lambda through the last three estimates, integrated
+    exactly against e^lambda:
 
         x_s = (F1) + alpha_bar_s [h^2 phi_2(-h) d_1 + 2 h^3 phi_3(-h) d_2],
         d_1 = delta_0 + h_0 d_2,  d_2 = (delta_0 - delta_1) / (h_0 + h_1),
@@ -268,19 +278,20 @@ def _select(order, candidates):
 
 def make_multistep_sampler(process, predictor, num_steps: int, options: SamplerOptions, *,
                            order: int, stochastic: bool = False, name: str = "dpm_solver_pp"):
-    """`sample(params, x_T, *, key) -> SampleOutput` of DPM-Solver++(2M / 3M) or SDE-DPM-Solver++(2M).
+    """`sample(params, x_T, *, key) -> SampleOutput` of DPM-Solver++(2M / 3M) or its SDE variant.
 
     One evaluation per grid interval; the last `order - 1` estimates ride in the scan carry (a
     fixed [2, B, ...] history), their times are scan inputs. Orders per step: `multistep_orders`.
-    The deterministic steps are (F1), (F4) (order 2) and (F5) (order 3); the stochastic variant
-    (order 2 only) is (F6), with fresh noise N(0, I) from fold_in(key, step index).
+    The deterministic steps are docs/fast_solvers.md (F1), (F4) (order 2) and (F5) (order 3);
+    the stochastic variant (order 2 only) is (F6), with fresh noise N(0, I) drawn with
+    fold_in(key, step index).
 
     Lu et al., "DPM-Solver++" (arXiv 2211.01095), Algorithm 2 and its SDE variant.
     """
     if order not in ((2,) if stochastic else (2, 3)):
         raise ValueError(f"{name}: unsupported order {order}")
     o = options
-    _check_options(process, o, name)
+    _check_options(o, name)
     grid, continuous = _grid(process, num_steps, o.spacing)
     steps = _multistep_inputs(grid, multistep_orders(num_steps, order, discrete=not continuous))
     t_end = jnp.asarray(grid[-1, 1])
@@ -317,7 +328,7 @@ def make_multistep_sampler(process, predictor, num_steps: int, options: SamplerO
 
 
 def _sde_dpm_pp_2m(x, x0_hat, x0_prev, order, prev: _Time, t: _Time, s: _Time, z):
-    """(F6) SDE-DPM-Solver++(2M), the data-prediction discretisation of the reverse SDE:
+    """SDE-DPM-Solver++(2M), docs/fast_solvers.md (F6): the reverse SDE in the data form.
 
         x_s = (beta_bar_s / beta_bar_t) e^{-h} x_t + alpha_bar_s (1 - e^{-2h}) D
               + beta_bar_s sqrt(1 - e^{-2h}) z,
@@ -342,7 +353,7 @@ class _UniPCInput(NamedTuple):
 
 
 def _unic_bh2(x_prev, x0_prev, x0_prev2, x0_new, order, prev2: _Time, prev: _Time, t: _Time):
-    """(F8) UniC with B(h) = e^h - 1: corrects the state at t from the state at t_prev.
+    """UniC with B(h) = e^h - 1, docs/fast_solvers.md (F8): corrects the state at t from t_prev.
 
         x_t^c = (F1)(x_prev, x0_prev; prev -> t) - alpha_bar_t B(-h) [sum_m rho_m D_m],
 
@@ -369,15 +380,16 @@ def make_unipc_sampler(process, predictor, num_steps: int, options: SamplerOptio
     """`sample(params, x_T, *, key) -> SampleOutput` of UniPC-2 (bh2), data prediction (not jitted).
 
     Step i evaluates x0_hat at the predicted x_{t_i}, corrects x_{t_i} from x_{t_{i-1}} with it
-    (UniC, (F8), order of the previous predictor step; not on the first step), then predicts
-    x_{t_{i+1}} from the corrected state (UniP-2, (F7), which with B(h) = e^h - 1 is exactly
-    DPM-Solver++(2M) (F4)). The estimate at the uncorrected point is kept (no extra evaluation),
-    so nfe = K; the last predicted state is not corrected (that would cost one more evaluation).
+    (UniC, docs/fast_solvers.md (F8), with the order of the previous predictor step; not on the
+    first step), then predicts x_{t_{i+1}} from the corrected state (UniP-2, (F7), which with
+    B(h) = e^h - 1 is exactly DPM-Solver++(2M) (F4)). The estimate at the uncorrected point is
+    kept (no extra evaluation), so nfe = K; the last predicted state is not corrected (that
+    would cost one more evaluation).
 
     Zhao et al., "UniPC" (arXiv 2302.04867).
     """
     o = options
-    _check_options(process, o, name)
+    _check_options(o, name)
     grid, continuous = _grid(process, num_steps, o.spacing)
     orders = multistep_orders(num_steps, 2, discrete=not continuous)
     base = _multistep_inputs(grid, orders)
