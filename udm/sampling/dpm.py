@@ -195,7 +195,8 @@ def make_singlestep_sampler(process, predictor, num_steps: int, options: Sampler
             x0_start = jnp.where(step.first, x0_hat, x0_start)
             t0, u, s = _at(proc, step.t_start), _at(proc, step.t), _at(proc, step.s)
             big_h, small_h = s.lam - t0.lam, u.lam - t0.lam  # H and r H
-            weight = jnp.where(jnp.isfinite(t0.lam), (big_h + jnp.expm1(-big_h)) / small_h, 1.0)
+            # H^2 phi_2(-H) / (r H) by (F2); its limit 1 from lambda = -inf (H = r H = inf).
+            weight = jnp.where(jnp.isfinite(t0.lam), big_h ** 2 * _phi(2, -big_h) / small_h, 1.0)
             correction = jnp.where(step.first, 0.0, s.alpha_bar * weight)
             x_next = (_first_order(x_start, x0_start, t0, s)
                       + correction * (x0_hat - x0_start)).astype(x.dtype)
