@@ -138,7 +138,7 @@ def zero_snr_runs():
             if name == "sde_dpm_solver_pp_2m":
                 runs["sde_same_key"] = sample(None, x_T, key=jax.random.PRNGKey(0))
                 runs["sde_other_key"] = sample(None, x_T, key=jax.random.PRNGKey(1))
-        yield p, pred, runs
+    return p, pred, runs
 
 
 def test_dpm_solver_1_is_ddim_from_lambda_minus_infinity(zero_snr_runs):
