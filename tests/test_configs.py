@@ -41,7 +41,7 @@ def test_unknown_variant_is_refused():
 @pytest.mark.parametrize("field,value,message", [
     ("process.sde", "vq", "unknown SDE 'vq'"),
     ("process.beta_max", None, None),
-    ("sampler.name", "euler", "unknown sampler 'euler'; valid names: baseline, ddim, ddpm, em"),
+    ("sampler.name", "euler", "unknown sampler 'euler'; valid names: baseline, ddim, ddpm, dpm_solver_1, .*, em"),
     ("sampler.spacing", "leading", "config.sampler.spacing: spacing 'leading' is not defined in "
                                    "continuous time; valid: karras, logsnr, quadratic, uniform"),
     ("eval.step_counts", (10, 0), r"config.eval.step_counts entries must be >= 1, got 0"),
@@ -76,9 +76,10 @@ def test_sde_config_errors_name_the_field(field, value, message):
     ("train.loss_weighting", "likelihood", "unknown loss weighting 'likelihood' for the flow "
                                            "process; valid: none"),
     ("sampler.name", "em", r"sampler 'em' needs a reverse-time SDE.*the FlowProcess samples "
-                           r"with: baseline, ddim, ddpm, improved, ode_adaptive, ode_ddim, "
-                           r"ode_euler, ode_heun"),
-    ("sampler.spacing", "quadratic", "continuous-time grids are uniform in t"),
+                           r"with: baseline, ddim, ddpm, dpm_solver_1, .*, improved, "
+                           r"ode_adaptive, ode_ddim, ode_euler, ode_heun"),
+    ("sampler.spacing", "leading", "spacing 'leading' is not defined in continuous time; "
+                                   "valid: karras, logsnr, quadratic, uniform"),
     ("sampler.num_steps", 0, "config.sampler.num_steps must be >= 1, got 0"),
 ])
 def test_flow_config_errors_name_the_field(field, value, message):

@@ -489,13 +489,13 @@ def test_sampler_errors_list_valid_names():
     with pytest.raises(ValueError, match="needs a reverse-time SDE with finite drift and "
                                          r"diffusion on \[t_min, 1\] \(Capabilities.reverse_sde"
                                          r".*\); the GaussianProcess samples with: "
-                                         "baseline, ddim, ddpm, euler_ancestral, heun_edm, improved"):
+                                         "baseline, ddim, ddpm, dpm_solver_1, .*, euler_ancestral, heun_edm, improved"):
         make_sampler(discrete, oracles.gaussian_posterior_mean(discrete, M, S), "em",
                      num_steps=10)
     with pytest.raises(ValueError, match="needs a continuous-time process with Gaussian marginals "
                                          r"\(an SDE, or the flow-matching path\); the "
                                          "GaussianProcess samples with: baseline, ddim, ddpm, "
-                                         "euler_ancestral, heun_edm, improved"):
+                                         "dpm_solver_1, .*, euler_ancestral, heun_edm, improved"):
         make_sampler(discrete, oracles.gaussian_posterior_mean(discrete, M, S), "ode_euler",
                      num_steps=10)
     with pytest.raises(ValueError, match="unknown sampler 'euler'; valid names: baseline, ddim"):

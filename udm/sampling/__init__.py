@@ -13,13 +13,17 @@ Samplers (one registry, `SAMPLERS`; each states which processes it supports):
   heun_edm, euler_ancestral        EDM's Heun (with churn) and ancestral Euler in sigma =
                                    beta_bar / alpha_bar, any Gaussian-marginal process
                                    (docs/time_grids.md G7, G8; `edm`)
+  dpm_solver_1, dpm_solver_2, dpm_solver_3, dpm_solver_pp_2m, dpm_solver_pp_3m,
+  sde_dpm_solver_pp_2m, unipc_bh2   exponential integrators in the half log-SNR, any process with
+                                   Gaussian marginals, discrete or continuous time
+                                   (docs/fast_solvers.md; `dpm`)
 Time grids come from `grids` (spacings: docs/time_grids.md). A predictor is `(params, x_t, t) -> x0_hat` (or an `Estimate`).
 """
 from typing import Any
 
 import jax
 
-from udm.sampling import correct, edm, grids, ode, sde  # noqa: F401  (registers the samplers)
+from udm.sampling import correct, dpm, edm, grids, ode, sde  # noqa: F401  (registers the samplers)
 from udm.sampling.base import (SAMPLERS, Estimate, Predictor, SampleOutput, SamplerOptions,
                                check_supported, clip_estimate, dynamic_threshold,
                                network_predictor, score_fn_of, score_from_x0, supported_samplers)
