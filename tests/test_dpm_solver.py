@@ -67,7 +67,8 @@ def test_order_of_convergence_on_a_vp_sde():
         for name, order in ODE_ORDERS.items():
             errors = []
             for k in ks:
-                out = make_sampler(sde, pred, name, num_steps=int(k), denoise=False)(
+                out = make_sampler(sde, pred, name, num_steps=int(k), denoise=False,
+                                   lower_order_final=False)(
                     None, jnp.asarray(X_T), key=jax.random.PRNGKey(0))
                 assert int(out.nfe) == k
                 errors.append(np.max(np.abs(np.asarray(out.x0) - flow_map(sde, 1.0, 0.25, X_T))))
@@ -183,6 +184,10 @@ def test_singlestep_groups_and_multistep_orders():
                 assert sum(groups) == k and max(groups) <= order
     np.testing.assert_array_equal(multistep_orders(5, 3, discrete=True), [1, 2, 3, 3, 1])
     np.testing.assert_array_equal(multistep_orders(4, 2, discrete=False), [1, 2, 2, 2])
+    np.testing.assert_array_equal(multistep_orders(6, 3, discrete=False, lower_order_final=True),
+                                  [1, 2, 3, 3, 2, 1])
+    np.testing.assert_array_equal(multistep_orders(15, 3, discrete=False, lower_order_final=True),
+                                  multistep_orders(15, 3, discrete=False))
 
 
 

@@ -102,8 +102,8 @@ def test_reproduce_solver_table_smoke(tmp_path):
     assert "| DPM-Solver++(2M), log-SNR grid |" in table and "Reference: DDIM" in table
     result = json.loads((tmp_path / "solver_table.json").read_text())
     cells = {k: v for k, v in result["cells"].items() if k != "reference"}
-    # 11 rows x 2 NFE columns, every FD finite, every cell within its column's NFE budget.
-    assert len(cells) == 22 and all(np.isfinite(c["fd"]) for c in cells.values())
+    # 12 rows x 2 NFE columns, every FD finite, every cell within its column's NFE budget.
+    assert len(cells) == 24 and all(np.isfinite(c["fd"]) for c in cells.values())
     assert all(c["nfe"] <= int(k.rsplit("|", 1)[1]) for k, c in cells.items())
     assert (tmp_path / "solver_table.png").stat().st_size > 0
     # A rerun finds every cell done and trains nothing.

@@ -112,6 +112,21 @@ def test_logsnr_is_uniform_in_lambda():
     assert np.all(np.abs(lam - (lam[0] + step * np.arange(10))) <= 0.5 * spacing + 1e-9)
 
 
+def test_logsnr_and_karras_on_the_flow_path_keep_t_1_on_top():
+    # lambda(1) = -inf for the flow path: the rule runs from lambda(1 - t_min), the top is 1.
+    from udm.processes import flow
+    process = flow()
+    for spacing in ("logsnr", "karras"):
+        times = np.concatenate([time_grid(process, 8, spacing)[:, 0], [process.t_min]])
+        assert times[0] == 1.0 and np.all(np.diff(times) < 0)
+        assert np.isclose(times[-1], process.t_min)
+    lam = log_snr(process, np.concatenate([time_grid(process, 8, "logsnr")[1:, 0],
+                                           [process.t_min]]))
+    np.testing.assert_allclose(np.diff(lam), np.full(7, np.diff(lam).mean()), rtol=1e-3)
+    assert np.isclose(lam[0], np.log(process.t_min / (1 - process.t_min)) + np.diff(lam).mean(),
+                      rtol=1e-3)
+
+
 def test_bad_spacings_are_refused_naming_the_valid_ones():
     with pytest.raises(ValueError, match="karras, leading, linspace, logsnr, quadratic, uniform"):
         time_grid(LINEAR, 10, "cubic")

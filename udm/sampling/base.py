@@ -60,6 +60,8 @@ class SamplerOptions:
         |x0_hat| per example; None: off. Applied where clip_x0 is; exclusive with it.
       churn, churn_tmin, churn_tmax, churn_noise: heun_edm's stochastic churn S_churn, S_tmin,
         S_tmax, S_noise (docs/time_grids.md (G7)); churn = 0 is the deterministic sampler.
+      lower_order_final: the multistep solvers (dpm_solver_pp_2m / 3m, sde_dpm_solver_pp_2m,
+        unipc_bh2) take first-order last steps when K < 15 (docs/fast_solvers.md, "Few steps").
     """
     eta: float = 0.0
     spacing: Any = "uniform"
@@ -81,6 +83,7 @@ class SamplerOptions:
     churn_tmin: float = 0.0
     churn_tmax: float = float("inf")
     churn_noise: float = 1.0
+    lower_order_final: bool = True
 
 
 class SamplerEntry(NamedTuple):

@@ -213,12 +213,26 @@ def make_singlestep_sampler(process, predictor, num_steps: int, options: Sampler
 
 # --- multistep DPM-Solver++ (and its SDE variant) and UniPC -------------------------------------
 
-def multistep_orders(num_steps: int, order: int, *, discrete: bool) -> np.ndarray:
+LOWER_ORDER_FINAL_BELOW = 15  # K under which `lower_order_final` lowers the last steps
+
+
+def multistep_orders(num_steps: int, order: int, *, discrete: bool,
+                     lower_order_final: bool = False) -> np.ndarray:
     """Each multistep step's order: min(i + 1, order) (the history fills up), and 1 for the
-    discrete step to s = 0."""
+    discrete step to s = 0.
+
+    With lower_order_final and K < 15 the last step is first order and, for order 3, the one
+    before at most second order (docs/fast_solvers.md, "Few steps"): on short grids the last
+    lambda step is the longest (t_min's lambda is far from the rest), and extrapolating the
+    x_0 history across it overshoots.
+    """
     orders = np.minimum(np.arange(1, num_steps + 1), order)
     if discrete:
         orders[-1] = 1
+    if lower_order_final and num_steps < LOWER_ORDER_FINAL_BELOW:
+        orders[-1] = 1
+        if num_steps >= 2:
+            orders[-2] = min(orders[-2], 2)
     return orders.astype(np.int32)
 
 
@@ -296,7 +310,8 @@ def make_multistep_sampler(process, predictor, num_steps: int, options: SamplerO
     o = options
     _check_options(o, name)
     grid, continuous = _grid(process, num_steps, o.spacing, o.rho)
-    steps = _multistep_inputs(grid, multistep_orders(num_steps, order, discrete=not continuous))
+    steps = _multistep_inputs(grid, multistep_orders(num_steps, order, discrete=not continuous,
+                                                     lower_order_final=o.lower_order_final))
     t_end = jnp.asarray(grid[-1, 1])
     estimate = _estimator(predictor, o)
 
@@ -394,7 +409,8 @@ def make_unipc_sampler(process, predictor, num_steps: int, options: SamplerOptio
     o = options
     _check_options(o, name)
     grid, continuous = _grid(process, num_steps, o.spacing, o.rho)
-    orders = multistep_orders(num_steps, 2, discrete=not continuous)
+    orders = multistep_orders(num_steps, 2, discrete=not continuous,
+                              lower_order_final=o.lower_order_final)
     base = _multistep_inputs(grid, orders)
     steps = _UniPCInput(base.t, base.s, base.t_prev, base.t_prev2, base.order,
                         jnp.asarray(np.concatenate([[0], orders[:-1]]).astype(np.int32)),

@@ -115,6 +115,16 @@ def _finite_top(process, num_timesteps: int) -> int:
     return num_timesteps if np.isfinite(top) else num_timesteps - 1
 
 
+def _continuous_log_snr_ends(process) -> np.ndarray:
+    """(lambda(1), lambda(t_min)); where lambda(1) = -inf (alpha_bar(1) = 0: the flow-matching
+    path) the rule runs from lambda(1 - t_min) instead and the top time is then put back at 1,
+    as in discrete time (`_finite_top`)."""
+    lam = log_snr(process, np.array([1.0, process.t_min], np.float32))
+    if not np.isfinite(lam[0]):
+        lam[0] = log_snr(process, np.array([1.0 - process.t_min], np.float32))[0]
+    return lam
+
+
 def _continuous_from_log_snr(process, lam: np.ndarray) -> np.ndarray:
     times = times_of_log_snr(process, lam, t_lo=process.t_min)
     times[0], times[-1] = 1.0, process.t_min  # the ends exactly
@@ -193,7 +203,7 @@ def _karras_discrete(process, num_timesteps, num_steps, rho):
 def _karras_continuous(process, num_steps, rho):
     """K + 1 rho-spaced sigmas from sigma(1) to sigma(t_min), mapped to times by bisection
     (docs/time_grids.md G3)."""
-    lam_ends = log_snr(process, np.array([1.0, process.t_min], np.float32))
+    lam_ends = _continuous_log_snr_ends(process)
     return _continuous_from_log_snr(process, karras_log_snr(lam_ends[0], lam_ends[1],
                                                             num_steps + 1, rho))
 
@@ -215,7 +225,7 @@ def _logsnr_continuous(process, num_steps, rho):
     """lambda uniform between lambda(1) and lambda(t_min), mapped to times by bisection
     (docs/time_grids.md G4)."""
     del rho
-    lam_ends = log_snr(process, np.array([1.0, process.t_min], np.float32))
+    lam_ends = _continuous_log_snr_ends(process)
     return _continuous_from_log_snr(process, np.linspace(lam_ends[0], lam_ends[1], num_steps + 1))
 
 
