@@ -21,8 +21,9 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 def pytest_collection_modifyitems(config, items):
-    """test_train.py first: its tests share one training run (a module-scoped fixture), and
-    xdist's first chunk of tests (a quarter of each worker's share) then holds all of them, so
-    one worker runs them and the fixture once, at the start rather than late in the run."""
+    """test_train.py first: its end-to-end tests (`make test-slow`) share one training run (a
+    module-scoped fixture), and xdist's first chunk of tests (a quarter of each worker's share)
+    then holds all of them, so one worker runs them and the fixture once, at the start rather
+    than late in the run."""
     first = [item for item in items if item.path.name == "test_train.py"]
     items[:] = first + [item for item in items if item.path.name != "test_train.py"]

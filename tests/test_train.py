@@ -1,6 +1,8 @@
 """train_and_evaluate with the :smoke config on 8 fake devices, resume, bad input; the training
-loop on 1, 2 and 8 devices. One train_and_evaluate smoke runs in `make test`; those of the other
-model families (SDE, cold, token, encoding, variance heads, analytic variance) are marked slow."""
+loop on 1, 2 and 8 devices. In `make test`: the refusals of bad configs and the training loop on
+1, 2 and 8 devices. The end-to-end runs (the shared :smoke run and what starts from its
+checkpoints: outputs, bitwise resume, NaN stop, shape refusal; the smokes of the other model
+families) are marked slow and run by `make test-slow`."""
 import json
 import os
 import shutil
@@ -55,6 +57,7 @@ def _copy_checkpoints(smoke_workdir, workdir, *, keep):
     assert ckpt_lib.Checkpointer(str(workdir / "checkpoints")).all_steps() == sorted(keep)
 
 
+@pytest.mark.slow  # starts from the shared end-to-end run: `make test-slow`
 def test_smoke_train_and_evaluate_writes_everything(smoke_run):
     assert jax.device_count() == 8
     workdir, results = smoke_run
@@ -79,6 +82,7 @@ def _state_at(config, workdir, step):
     return ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).restore(step, abstract)
 
 
+@pytest.mark.slow  # starts from the shared end-to-end run: `make test-slow`
 def test_resume_is_bitwise_exact(smoke_run, tmp_path, capsys):
     """Restarted from the step-2 checkpoint, training reaches the uninterrupted run's step-4
     state bit for bit (same batches, step keys, optimizer and EMA state)."""
@@ -114,6 +118,7 @@ def test_bad_config_fails_before_writing(tmp_path, field, value, message):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # starts from the shared end-to-end run: `make test-slow`
 def test_checkpoint_of_other_model_shape_is_refused(smoke_run, tmp_path):
     _copy_checkpoints(smoke_run[0], tmp_path, keep=[2, 4])
     before = _listing(tmp_path)
@@ -123,6 +128,7 @@ def test_checkpoint_of_other_model_shape_is_refused(smoke_run, tmp_path):
     assert _listing(tmp_path) == before
 
 
+@pytest.mark.slow  # starts from the shared end-to-end run: `make test-slow`
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_run, tmp_path, monkeypatch):
     _copy_checkpoints(smoke_run[0], tmp_path, keep=[2])
     real_load = train_lib.load_dataset
