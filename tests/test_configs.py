@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base, cold_digits, ddpm_cifar10, ddpm_digits, flow_digits, heat_digits, sde_digits
+from configs import (base, cold_digits, ddpm_cifar10, ddpm_digits, ddpm_mnist5k, flow_digits, heat_digits,
+                     sde_digits)
 from udm.pipeline import train as train_lib
 from udm.pipeline.spec import from_config, make_process
 from udm.nn import count_params
@@ -22,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (ddpm_digits, ""), (ddpm_digits, "smoke"), (ddpm_cifar10, "smoke"), (sde_digits, ""),
     (sde_digits, "subvp"), (sde_digits, "ve,smoke"), (sde_digits, "blog"), (cold_digits, ""),
     (cold_digits, "noisy,smoke"), (heat_digits, ""), (heat_digits, "smoke"), (flow_digits, ""),
-    (flow_digits, "smoke"), (flow_digits, "x0,logit_normal,smoke"), (flow_digits, "eps")])
+    (flow_digits, "smoke"), (flow_digits, "x0,logit_normal,smoke"), (flow_digits, "eps"),
+    (ddpm_mnist5k, ""), (ddpm_mnist5k, "smoke")])
 def test_configs_validate(module, variant):
     config = module.get_config(variant)
     config.data.name = "digits"      # validation does not need the dataset itself
@@ -32,6 +34,8 @@ def test_configs_validate(module, variant):
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="valid: smoke"):
         ddpm_digits.get_config("tiny")
+    with pytest.raises(ValueError, match="ddpm_mnist5k; valid: smoke"):
+        ddpm_mnist5k.get_config("tiny")
     with pytest.raises(ValueError, match="valid: one of vp, subvp, ve, blog"):
         sde_digits.get_config("vp,ve")
     with pytest.raises(ValueError, match="valid: at most one of velocity, x0, eps"):
@@ -98,6 +102,21 @@ def test_cifar10_config_is_the_ddpm_paper_model():
     variables = jax.eval_shape(model.init, jax.random.key(0, impl="rbg"), x, t)
     assert abs(count_params(variables["params"]) - 35.7e6) / 35.7e6 < 0.01
     assert jax.eval_shape(model.apply, variables, x, t).shape == (1, 32, 32, 3)
+
+
+@pytest.mark.parametrize("variant,num_params", [("", 280_177), ("smoke", 71_033)])
+def test_mnist5k_config_fits_28x28(variant, num_params):
+    """The mnist5k UNet halves 28 -> 14 -> 7 and keeps the output shape; the full model is small."""
+    config = ddpm_mnist5k.get_config(variant)
+    assert config.data.name == "mnist5k" and config.process.prediction == "eps"
+    assert config.process.num_timesteps == 1000
+    assert config.process.schedule == ddpm_digits.get_config().process.schedule
+    model = train_lib.make_model(from_config(config))
+    x = jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    variables = jax.eval_shape(model.init, jax.random.key(0, impl="rbg"), x, t)
+    assert count_params(variables["params"]) == num_params
+    assert jax.eval_shape(model.apply, variables, x, t).shape == (1, 28, 28, 1)
 
 
 @pytest.mark.slow  # a training smoke of the 32x32 model (minutes on 2 cores)

@@ -48,9 +48,9 @@ def test_digits_split_is_a_function_of_the_seed():
 
 
 def test_unknown_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="digits.*npz.*tfds:"):
+    with pytest.raises(ValueError, match="digits.*mnist5k.*npz.*tfds:"):
         load_dataset("mnist-typo")
-    assert DATASETS.names() == ["digits", "npz"]
+    assert DATASETS.names() == ["digits", "mnist5k", "npz"]
 
 
 # --- npz ------------------------------------------------------------------------------------------

