@@ -11,6 +11,11 @@ column is the smallest NFE of the grid whose FD is within 1 point of that refere
   python -m experiments.reproduce_solver_table --workdir=workdir/solver_table
   python -m experiments.reproduce_solver_table --demo_workdir=workdir/ddpm_digits  # reuse `make demo`
   python -m experiments.reproduce_solver_table --smoke                              # tiny models
+  python -m experiments.reproduce_solver_table --dataset=mnist5k --workdir=workdir/solver_table_mnist5k
+
+--dataset=mnist5k runs the DDPM rows on the 28x28 MNIST digits (configs/ddpm_mnist5k.py, its own
+evaluation classifier) and writes experiments/results/solver_table_mnist5k.*; it has no flow
+model, so the flow rows are left out.
 
 Training resumes from checkpoints and every finished cell is kept in workdir/cells.json, so an
 interrupted run picks up where it stopped. Writes experiments/results/solver_table.{md,json,png}
@@ -30,7 +35,7 @@ from tqdm.auto import tqdm
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from configs import ddpm_digits, flow_digits  # noqa: E402
+from configs import ddpm_digits, ddpm_mnist5k, flow_digits  # noqa: E402
 from experiments.common import write_json  # noqa: E402
 from udm import metrics  # noqa: E402
 from udm.pipeline import evaluate as eval_lib  # noqa: E402
@@ -48,9 +53,12 @@ _REFERENCE_STEPS = flags.DEFINE_integer("reference_steps", 1000, "Steps of the D
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 500, "Samples per cell.")
 _FLOW_TRAIN_STEPS = flags.DEFINE_integer("flow_train_steps", 0,
                                          "Flow model's training steps (0: its config's).")
+_DATASET = flags.DEFINE_enum("dataset", "digits", ["digits", "mnist5k"],
+                              "digits: the demo's and the flow model; mnist5k: a DDPM on MNIST.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny models and budgets: checks the script runs.")
-_OUT = flags.DEFINE_string("out", "experiments/results/solver_table",
-                           "Output prefix (.md, .json, .png).")
+_OUT = flags.DEFINE_string("out", "", "Output prefix (.md, .json, .png); default "
+                           "experiments/results/solver_table (_mnist5k with --dataset=mnist5k).")
+_CONFIGS = {"digits": ddpm_digits, "mnist5k": ddpm_mnist5k}
 
 
 class Row(NamedTuple):
@@ -80,6 +88,11 @@ ROWS = [
 _NFE_OF_STEPS = {"heun_edm": (2, -1), "ode_heun": (2, 0)}
 
 
+def _rows():
+    """The rows this run makes: all of them on the digits, the DDPM rows on MNIST."""
+    return ROWS if _DATASET.value == "digits" else [row for row in ROWS if row.model == "ddpm"]
+
+
 def steps_for(sampler: str, nfe: int, *, continuous: bool) -> int:
     """The largest K whose NFE is at most nfe (at least 1)."""
     per_step, offset = _NFE_OF_STEPS.get(sampler, (1, 0))
@@ -88,7 +101,7 @@ def steps_for(sampler: str, nfe: int, *, continuous: bool) -> int:
 
 
 def _ddpm_spec() -> spec_lib.Spec:
-    config = ddpm_digits.get_config("smoke" if _SMOKE.value else "")
+    config = _CONFIGS[_DATASET.value].get_config("smoke" if _SMOKE.value else "")
     config.eval.enabled = False
     config.train.progress_bar = True
     return spec_lib.from_config(config)
@@ -151,17 +164,24 @@ def within_one(cells, row: Row, reference_fd: float) -> Optional[int]:
 
 def markdown(cells, reference, *, real_fd, accuracy, n, train_steps) -> str:
     nfes = _nfes()
+    if _DATASET.value == "digits":
+        data, models = "digits", (
+            f"DDPM rows: the demo's eps-model ({train_steps['ddpm']} training steps, T = 1000); "
+            f"flow rows: the flow-matching velocity model ({train_steps['flow']} steps).")
+    else:
+        data, models = "MNIST digits (mnist5k)", (
+            f"The eps-model of configs/ddpm_mnist5k.py ({train_steps['ddpm']} training steps, "
+            f"T = 1000).")
     lines = [
-        f"FD-digits ↓ of {n} samples against the held-out digits (classifier held-out accuracy "
-        f"{accuracy:.4f}; {n} real training digits score {real_fd:.2f}). DDPM rows: the demo's "
-        f"eps-model ({train_steps['ddpm']} training steps, T = 1000); flow rows: the "
-        f"flow-matching velocity model ({train_steps['flow']} steps). Every cell starts from "
-        f"the same x_T; x_0 estimates clipped to [-1, 1]. A cell shows the NFE it used in "
-        f"brackets when the sampler cannot use exactly the column's number.", "",
+        f"FD ↓ of {n} samples against the held-out {data}, in the features of the "
+        f"evaluation classifier (held-out accuracy {accuracy:.4f}; {n} real training images "
+        f"score {real_fd:.2f}). {models} Every cell starts from the same x_T; x_0 estimates "
+        f"clipped to [-1, 1]. A cell shows the NFE it used in brackets when the sampler cannot "
+        f"use exactly the column's number.", "",
         f"Reference: DDIM with {reference['nfe']:.0f} steps, FD {reference['fd']:.2f}.", "",
         "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " | NFE to within 1 of the "
         "reference |", "|---|" + "---|" * (len(nfes) + 1)]
-    for row in ROWS:
+    for row in _rows():
         cells_of_row = []
         for k in nfes:
             cell = cells.get(f"{row.label}|{k}")
@@ -180,7 +200,7 @@ def markdown(cells, reference, *, real_fd, accuracy, n, train_steps) -> str:
 
 def plot(cells, reference, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in ROWS:
+    for row in _rows():
         points = [cells[f"{row.label}|{k}"] for k in _nfes() if f"{row.label}|{k}" in cells]
         ax.plot([p["nfe"] for p in points], [p["fd"] for p in points],
                 "s--" if row.model == "flow" else "o-", label=row.label)
@@ -189,7 +209,7 @@ def plot(cells, reference, path: str) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("network evaluations (NFE)")
-    ax.set_ylabel("FD-digits ↓")
+    ax.set_ylabel("FD ↓")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -205,8 +225,9 @@ def main(argv):
         raise SystemExit(f"samplers not registered: {missing}")
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    models = {"ddpm": trained(_ddpm_spec(), _DEMO_WORKDIR.value or os.path.join(workdir, "ddpm")),
-              "flow": trained(_flow_spec(), os.path.join(workdir, "flow"))}
+    models = {"ddpm": trained(_ddpm_spec(), _DEMO_WORKDIR.value or os.path.join(workdir, "ddpm"))}
+    if any(row.model == "flow" for row in _rows()):
+        models["flow"] = trained(_flow_spec(), os.path.join(workdir, "flow"))
     demo = models["ddpm"]
     dataset = demo.experiment.dataset
     classifier = load_or_train_classifier(os.path.join(workdir, "classifier"), dataset, seed=0,
@@ -229,7 +250,7 @@ def main(argv):
         cells["reference"], _ = fd_cell(demo, "ddim", "uniform", _reference_steps(), priors,
                                         **score_args)
         write_json(cells_path, cells)
-    todo = [(row, k) for row in ROWS for k in _nfes() if f"{row.label}|{k}" not in cells]
+    todo = [(row, k) for row in _rows() for k in _nfes() if f"{row.label}|{k}" not in cells]
     for row, k in tqdm(todo, desc="cells", unit="cell"):
         cells[f"{row.label}|{k}"], samples = fd_cell(
             models[row.model], row.sampler, row.spacing,
@@ -243,10 +264,13 @@ def main(argv):
     train_steps = {name: m.spec.train.num_steps for name, m in models.items()}
     table = markdown(cells, cells["reference"], real_fd=real_fd,
                      accuracy=classifier.test_accuracy, n=n, train_steps=train_steps)
-    out = os.path.join(workdir, "solver_table") if _SMOKE.value else _OUT.value
+    default_out = "solver_table" + ("" if _DATASET.value == "digits" else "_" + _DATASET.value)
+    out = (os.path.join(workdir, default_out) if _SMOKE.value else
+           _OUT.value or os.path.join("experiments", "results", default_out))
     os.makedirs(os.path.dirname(out), exist_ok=True)
     command = "python -m experiments.reproduce_solver_table " + " ".join(
-        f"--{name}={flags.FLAGS[name].value}" for name in ("nfes", "num_samples", "reference_steps")
+        flags.FLAGS[name].serialize()
+        for name in ("dataset", "nfes", "num_samples", "reference_steps")
         if flags.FLAGS[name].present)
     with open(out + ".md", "w") as f:
         f.write(f"Made by `{command.strip()}`.\n\n" + table)
