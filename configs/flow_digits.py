@@ -3,14 +3,16 @@
   --config=configs/flow_digits.py                 velocity prediction, ode_euler with 50 steps
   --config=configs/flow_digits.py:x0              the network predicts x_0 instead (also "eps")
   --config=configs/flow_digits.py:logit_normal    SD3's logit-normal training times
+  --config=configs/flow_digits.py:mnist5k         the 28x28 MNIST digits with configs/ddpm_mnist5k.py's
+                                                  UNet, batch and step count
   --config=configs/flow_digits.py:smoke           a variant that runs in seconds (combine: "x0,smoke")
 """
 import ml_collections
 
-from configs import base
+from configs import base, ddpm_mnist5k
 
 _PREDICTIONS = ("velocity", "x0", "eps")
-_OPTIONS = ("logit_normal", "smoke")
+_OPTIONS = ("logit_normal", "mnist5k", "smoke")
 
 
 def get_config(variant: str = ""):
@@ -18,7 +20,7 @@ def get_config(variant: str = ""):
     unknown = [t for t in tokens if t not in (*_PREDICTIONS, *_OPTIONS)]
     if unknown or sum(t in _PREDICTIONS for t in tokens) > 1:
         raise ValueError(f"unknown variant {variant!r} of flow_digits; valid: at most one of "
-                         f"{', '.join(_PREDICTIONS)}, optionally with logit_normal and/or smoke")
+                         f"{', '.join(_PREDICTIONS)}, optionally with any of {', '.join(_OPTIONS)}")
     prediction = next((t for t in tokens if t in _PREDICTIONS), "velocity")
     c = base.get_config()
     # x_t = (1 - t) x_0 + t eps on [t_min, 1]; the network sees time_input_scale * t.
@@ -31,6 +33,11 @@ def get_config(variant: str = ""):
     c.sampler.clip_x0 = True
     c.eval.samplers = ("ode_euler", "ode_heun", "ode_adaptive", "ddim")
     c.eval.step_counts = (10, 50)
+    if "mnist5k" in tokens:
+        mnist = ddpm_mnist5k.get_config()
+        c.data, c.model = mnist.data, mnist.model
+        for field in ("num_steps", "batch_size", "checkpoint_every", "log_every"):
+            c.train[field] = mnist.train[field]
     if "smoke" in tokens:
         c.model.channels = 8
         c.model.num_groups = 4

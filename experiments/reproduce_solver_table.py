@@ -13,9 +13,9 @@ column is the smallest NFE of the grid whose FD is within 1 point of that refere
   python -m experiments.reproduce_solver_table --smoke                              # tiny models
   python -m experiments.reproduce_solver_table --dataset=mnist5k --workdir=workdir/solver_table_mnist5k
 
---dataset=mnist5k runs the DDPM rows on the 28x28 MNIST digits (configs/ddpm_mnist5k.py, its own
-evaluation classifier) and writes experiments/results/solver_table_mnist5k.*; it has no flow
-model, so the flow rows are left out.
+--dataset=mnist5k makes the same table on the 28x28 MNIST digits (configs/ddpm_mnist5k.py and
+configs/flow_digits.py:mnist5k, its own evaluation classifier) and writes
+experiments/results/solver_table_mnist5k.*.
 
 Training resumes from checkpoints and every finished cell is kept in workdir/cells.json, so an
 interrupted run picks up where it stopped. Writes experiments/results/solver_table.{md,json,png}
@@ -54,7 +54,8 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 500, "Samples per cell.")
 _FLOW_TRAIN_STEPS = flags.DEFINE_integer("flow_train_steps", 0,
                                          "Flow model's training steps (0: its config's).")
 _DATASET = flags.DEFINE_enum("dataset", "digits", ["digits", "mnist5k"],
-                              "digits: the demo's and the flow model; mnist5k: a DDPM on MNIST.")
+                              "digits: scikit-learn's 8x8 digits (the demo's model); mnist5k: "
+                              "the 28x28 MNIST digits.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny models and budgets: checks the script runs.")
 _OUT = flags.DEFINE_string("out", "", "Output prefix (.md, .json, .png); default "
                            "experiments/results/solver_table (_mnist5k with --dataset=mnist5k).")
@@ -88,11 +89,6 @@ ROWS = [
 _NFE_OF_STEPS = {"heun_edm": (2, -1), "ode_heun": (2, 0)}
 
 
-def _rows():
-    """The rows this run makes: all of them on the digits, the DDPM rows on MNIST."""
-    return ROWS if _DATASET.value == "digits" else [row for row in ROWS if row.model == "ddpm"]
-
-
 def steps_for(sampler: str, nfe: int, *, continuous: bool) -> int:
     """The largest K whose NFE is at most nfe (at least 1)."""
     per_step, offset = _NFE_OF_STEPS.get(sampler, (1, 0))
@@ -108,7 +104,8 @@ def _ddpm_spec() -> spec_lib.Spec:
 
 
 def _flow_spec() -> spec_lib.Spec:
-    config = flow_digits.get_config("smoke" if _SMOKE.value else "")
+    variant = ["mnist5k"] if _DATASET.value == "mnist5k" else []
+    config = flow_digits.get_config(",".join(variant + (["smoke"] if _SMOKE.value else [])))
     config.eval.enabled = False
     config.train.progress_bar = True
     if _FLOW_TRAIN_STEPS.value:
@@ -170,8 +167,9 @@ def markdown(cells, reference, *, real_fd, accuracy, n, train_steps) -> str:
             f"flow rows: the flow-matching velocity model ({train_steps['flow']} steps).")
     else:
         data, models = "MNIST digits (mnist5k)", (
-            f"The eps-model of configs/ddpm_mnist5k.py ({train_steps['ddpm']} training steps, "
-            f"T = 1000).")
+            f"DDPM rows: the eps-model of configs/ddpm_mnist5k.py ({train_steps['ddpm']} "
+            f"training steps, T = 1000); flow rows: configs/flow_digits.py:mnist5k, the "
+            f"velocity model with the same UNet ({train_steps['flow']} steps).")
     lines = [
         f"FD ↓ of {n} samples against the held-out {data}, in the features of the "
         f"evaluation classifier (held-out accuracy {accuracy:.4f}; {n} real training images "
@@ -181,7 +179,7 @@ def markdown(cells, reference, *, real_fd, accuracy, n, train_steps) -> str:
         f"Reference: DDIM with {reference['nfe']:.0f} steps, FD {reference['fd']:.2f}.", "",
         "| sampler | " + " | ".join(f"NFE {k}" for k in nfes) + " | NFE to within 1 of the "
         "reference |", "|---|" + "---|" * (len(nfes) + 1)]
-    for row in _rows():
+    for row in ROWS:
         cells_of_row = []
         for k in nfes:
             cell = cells.get(f"{row.label}|{k}")
@@ -200,7 +198,7 @@ def markdown(cells, reference, *, real_fd, accuracy, n, train_steps) -> str:
 
 def plot(cells, reference, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in _rows():
+    for row in ROWS:
         points = [cells[f"{row.label}|{k}"] for k in _nfes() if f"{row.label}|{k}" in cells]
         ax.plot([p["nfe"] for p in points], [p["fd"] for p in points],
                 "s--" if row.model == "flow" else "o-", label=row.label)
@@ -225,9 +223,8 @@ def main(argv):
         raise SystemExit(f"samplers not registered: {missing}")
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)
-    models = {"ddpm": trained(_ddpm_spec(), _DEMO_WORKDIR.value or os.path.join(workdir, "ddpm"))}
-    if any(row.model == "flow" for row in _rows()):
-        models["flow"] = trained(_flow_spec(), os.path.join(workdir, "flow"))
+    models = {"ddpm": trained(_ddpm_spec(), _DEMO_WORKDIR.value or os.path.join(workdir, "ddpm")),
+              "flow": trained(_flow_spec(), os.path.join(workdir, "flow"))}
     demo = models["ddpm"]
     dataset = demo.experiment.dataset
     classifier = load_or_train_classifier(os.path.join(workdir, "classifier"), dataset, seed=0,
@@ -250,7 +247,7 @@ def main(argv):
         cells["reference"], _ = fd_cell(demo, "ddim", "uniform", _reference_steps(), priors,
                                         **score_args)
         write_json(cells_path, cells)
-    todo = [(row, k) for row in _rows() for k in _nfes() if f"{row.label}|{k}" not in cells]
+    todo = [(row, k) for row in ROWS for k in _nfes() if f"{row.label}|{k}" not in cells]
     for row, k in tqdm(todo, desc="cells", unit="cell"):
         cells[f"{row.label}|{k}"], samples = fd_cell(
             models[row.model], row.sampler, row.spacing,

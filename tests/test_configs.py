@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (ddpm_digits, ""), (ddpm_digits, "smoke"), (ddpm_cifar10, "smoke"), (sde_digits, ""),
     (sde_digits, "subvp"), (sde_digits, "ve,smoke"), (sde_digits, "blog"), (cold_digits, ""),
     (cold_digits, "noisy,smoke"), (heat_digits, ""), (heat_digits, "smoke"), (flow_digits, ""),
-    (flow_digits, "smoke"), (flow_digits, "x0,logit_normal,smoke"), (flow_digits, "eps"),
+    (flow_digits, "smoke"), (flow_digits, "mnist5k"), (flow_digits, "mnist5k,smoke"), (flow_digits, "x0,logit_normal,smoke"), (flow_digits, "eps"),
     (ddpm_mnist5k, ""), (ddpm_mnist5k, "smoke")])
 def test_configs_validate(module, variant):
     config = module.get_config(variant)
