@@ -17,6 +17,8 @@ Samplers (one registry, `SAMPLERS`; each states which processes it supports):
   sde_dpm_solver_pp_2m, unipc_bh2   exponential integrators in the half log-SNR, any process with
                                    Gaussian marginals, discrete or continuous time
                                    (docs/fast_solvers.md; `dpm`)
+Guidance: `classifier_free_guidance(conditional, unconditional, scale)` turns two predictors into
+a guided one that every sampler takes (docs/guidance.md; `guidance`).
 Time grids come from `grids` (spacings: docs/time_grids.md). A predictor is `(params, x_t, t) -> x0_hat` (or an `Estimate`).
 """
 from typing import Any
@@ -30,6 +32,7 @@ from udm.sampling.base import (SAMPLERS, Estimate, Predictor, SampleOutput, Samp
 from udm.sampling.correct import slerp
 from udm.sampling.grids import (SPACINGS, check_num_steps, continuous_time_grid,
                                 discrete_time_grid, time_grid)
+from udm.sampling.guidance import classifier_free_guidance, guide
 
 
 def make_sampler(process, predictor: Predictor, name: str = "ddim", *, num_steps: int = 0,
@@ -59,7 +62,7 @@ def make_sampler(process, predictor: Predictor, name: str = "ddim", *, num_steps
 
 
 __all__ = ["SAMPLERS", "SPACINGS", "Estimate", "Predictor", "SampleOutput", "SamplerOptions",
-           "check_num_steps", "check_supported", "clip_estimate", "continuous_time_grid",
-           "discrete_time_grid", "dynamic_threshold",
+           "check_num_steps", "check_supported", "classifier_free_guidance", "clip_estimate",
+           "continuous_time_grid", "discrete_time_grid", "dynamic_threshold", "guide",
            "make_sampler", "network_predictor", "score_fn_of", "score_from_x0", "slerp",
            "supported_samplers", "time_grid"]
