@@ -49,6 +49,10 @@ class Capabilities:
         has `f(t)`, `g2(t)` and `transition(t, s)`, so the reverse-time SDE samplers (em, pc)
         apply. The flow-matching path has Gaussian marginals but not this: its g_t^2 = 2t / (1 - t)
         diverges at t = 1 (docs/flow_matching.md (FM6)); it samples with the probability-flow ODE.
+      absorbing: a token process whose corruption replaces tokens by one id, the int `mask_id`,
+        and leaves the others unchanged (masking, absorbing D3PM). A state with any positions
+        set back to their true tokens is then a valid state of the process, which is what
+        inpainting's `reveal` relies on (docs/inpainting.md (IP3)).
     """
     continuous_time: bool = False
     tokens: bool = False
@@ -59,6 +63,7 @@ class Capabilities:
     fitted_prior: bool = False
     isotropic_prior: bool = False
     reverse_sde: bool = False
+    absorbing: bool = False
 
 
 @runtime_checkable

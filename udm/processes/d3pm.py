@@ -100,8 +100,6 @@ class D3PMProcess(DiscreteTime):
         see the module docstring.
     """
 
-    capabilities = Capabilities(tokens=True)
-
     alpha_bar: Array
     vocab_size: int = dataclasses.field(metadata=dict(static=True))
     seq_len: int = dataclasses.field(metadata=dict(static=True))
@@ -112,6 +110,12 @@ class D3PMProcess(DiscreteTime):
         if self.reverse not in REVERSE_FORMS:
             raise ValueError(f"reverse must be one of {', '.join(REVERSE_FORMS)}, "
                              f"got {self.reverse!r}")
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Token process; `absorbing` (MASK is never left, the other tokens never change) for the
+        absorbing kind only."""
+        return Capabilities(tokens=True, absorbing=self.kind == "absorbing")
 
     # --- sizes ---------------------------------------------------------------------------
 

@@ -37,7 +37,7 @@ class MaskingProcess(DiscreteTime):
         the entropy-normalised q with entropy H* (udm.entropy, the post's top-k/top-p substitute).
     """
 
-    capabilities = Capabilities(tokens=True)
+    capabilities = Capabilities(tokens=True, absorbing=True)
 
     seq_len: int = dataclasses.field(metadata=dict(static=True))
     vocab_size: int = dataclasses.field(metadata=dict(static=True))
