@@ -22,6 +22,31 @@ def gaussian_posterior_mean(process, mean, std):
     return predictor
 
 
+def correlated_gaussian_posterior_mean(process, mean, cov):
+    """E[x_0 | x_t] for x_0 ~ N(mean, cov) with a full covariance (docs/inpainting.md (IP6)).
+
+        E[x_0 | x_t] = mean + a cov (a^2 cov + b^2 I)^{-1} (x_t - a mean),   (a, b) = marginal(t).
+
+    Args:
+      mean: [d]; cov: [d, d] symmetric positive definite.
+    Returns:
+      predictor(params, x_t [B, d], t) -> [B, d].
+    """
+    mean = jnp.asarray(mean)
+    cov = jnp.asarray(cov)
+    eye = jnp.eye(cov.shape[-1], dtype=cov.dtype)
+
+    def predictor(params, xt, t):
+        del params
+        a, b = process.marginal(t)
+        # gain^T = (a^2 cov + b^2 I)^{-1} a cov (both factors symmetric)
+        gain_t = jnp.linalg.solve(a ** 2 * cov + b ** 2 * eye, a * cov)
+        centred = xt - a * jnp.broadcast_to(mean, xt.shape)
+        return jnp.broadcast_to(mean, xt.shape) + centred @ gain_t
+
+    return predictor
+
+
 def gaussian_mixture_posterior_mean(process, means, stds, weights):
     """E[x_0 | x_t] for x_0 ~ sum_k w_k N(mu_k, s_k^2 I) in d dimensions.
 
