@@ -19,6 +19,9 @@ Samplers (one registry, `SAMPLERS`; each states which processes it supports):
                                    (docs/fast_solvers.md; `dpm`)
 Guidance: `classifier_free_guidance(conditional, unconditional, scale)` turns two predictors into
 a guided one that every sampler takes (docs/guidance.md; `guidance`).
+Inpainting: `inpainting_predictor(predictor, known, mask)` puts the known part of x_0 into every
+estimate (logits space and reveal=True for token processes), for every sampler
+(docs/inpainting.md; `inpaint`).
 Time grids come from `grids` (spacings: docs/time_grids.md). A predictor is `(params, x_t, t) -> x0_hat` (or an `Estimate`).
 """
 from typing import Any
@@ -33,6 +36,7 @@ from udm.sampling.correct import slerp
 from udm.sampling.grids import (SPACINGS, check_num_steps, continuous_time_grid,
                                 discrete_time_grid, time_grid)
 from udm.sampling.guidance import classifier_free_guidance, guide
+from udm.sampling.inpaint import inpainting_predictor
 
 
 def make_sampler(process, predictor: Predictor, name: str = "ddim", *, num_steps: int = 0,
@@ -64,5 +68,5 @@ def make_sampler(process, predictor: Predictor, name: str = "ddim", *, num_steps
 __all__ = ["SAMPLERS", "SPACINGS", "Estimate", "Predictor", "SampleOutput", "SamplerOptions",
            "check_num_steps", "check_supported", "classifier_free_guidance", "clip_estimate",
            "continuous_time_grid", "discrete_time_grid", "dynamic_threshold", "guide",
-           "make_sampler", "network_predictor", "score_fn_of", "score_from_x0", "slerp",
-           "supported_samplers", "time_grid"]
+           "inpainting_predictor", "make_sampler", "network_predictor", "score_fn_of",
+           "score_from_x0", "slerp", "supported_samplers", "time_grid"]
