@@ -92,6 +92,16 @@ class UNet(nn.Module):
         out_channels: output channels; None means the input's channel count.
         time_embed_dim: width of the time embedding; None means `4 * channels`.
         attention_scale: name of the attention logit-scale rule (see ATTENTION_SCALES).
+        num_classes: None (default): an unconditional network, called as `(x, t)`. An int C:
+            a class-conditional one, called as `(x, t, labels)` with int labels [B] in [0, C],
+            where the value C is the null label (no class: the unconditional branch that
+            classifier-free guidance needs). A learned embedding with C + 1 rows, of the time
+            embedding's width, is added to the time embedding after its MLP, so every residual
+            block sees the class through the projection it already makes of swish(temb)
+            (as in Dhariwal & Nichol's guided-diffusion U-Net). The embedding is
+            zero-initialised: at initialisation every label, the null one included, gives the
+            network the unconditional model's parameters and outputs. With num_classes None no
+            parameter is added and nothing else changes.
     """
     channels: int = 32
     channel_mults: Sequence[int] = (1, 2)
@@ -103,6 +113,7 @@ class UNet(nn.Module):
     out_channels: Optional[int] = None
     time_embed_dim: Optional[int] = None
     attention_scale: str = "standard"
+    num_classes: Optional[int] = None
 
     def __post_init__(self):
         # Field checks that need no input shape fail at construction, naming the field.
@@ -133,16 +144,25 @@ class UNet(nn.Module):
             raise ValueError(
                     f"UNet.attention_scale must be one of {ATTENTION_SCALES.names()}, "
                     f"got {self.attention_scale!r}")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or
+                                             not isinstance(self.num_classes, int) or
+                                             self.num_classes < 1):
+            raise ValueError(f"UNet.num_classes must be None or an int >= 1, got "
+                             f"{self.num_classes!r}")
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: chex.Array, t: chex.Array, *, train: bool = False,
-                 return_features: bool = False):
+    def __call__(self, x: chex.Array, t: chex.Array, labels: Optional[chex.Array] = None, *,
+                 train: bool = False, return_features: bool = False):
         """Applies the network.
 
         Args:
             x: [B, H, W, C] float32 input; H and W divisible by 2**(len(channel_mults) - 1).
             t: [B] integer or float time values, embedded as given (e.g. 1..1000).
+            labels: only with num_classes set, and then required: int [B] class labels in
+                [0, num_classes], num_classes being the null label (pass it explicitly for the
+                unconditional branch). Values are not range-checked (they may be traced): out
+                of range, jnp.take fills the embedding with NaN.
             train: enables dropout, which then needs the 'dropout' rng.
             return_features: also return the last features [B, H, W, channels] (after the
                 final GroupNorm and swish), on which udm.variance_heads puts its heads.
@@ -159,6 +179,17 @@ class UNet(nn.Module):
             raise ValueError(
                     f"input H and W must be divisible by 2**(len(UNet.channel_mults) - 1) = "
                     f"{factor} (channel_mults={tuple(self.channel_mults)}), got H={height}, W={width}")
+        if self.num_classes is None and labels is not None:
+            raise ValueError("labels were given to an unconditional UNet (num_classes=None); set "
+                             "UNet.num_classes to train a class-conditional network")
+        if self.num_classes is not None:
+            if labels is None:
+                raise ValueError(
+                        f"a class-conditional UNet (num_classes={self.num_classes}) needs labels "
+                        f"[B]; pass the null label {self.num_classes} for the unconditional branch")
+            chex.assert_shape(labels, (b,))
+            if not jnp.issubdtype(jnp.asarray(labels).dtype, jnp.integer):
+                raise ValueError(f"labels must be integers, got dtype {jnp.asarray(labels).dtype}")
         out_channels = self.out_channels or in_channels
         embed_dim = self.time_embed_dim or 4 * self.channels
 
@@ -166,6 +197,12 @@ class UNet(nn.Module):
         temb = timestep_embedding(t, self.channels)
         temb = nn.Dense(embed_dim, kernel_init=_default_init)(temb)
         temb = nn.Dense(embed_dim, kernel_init=_default_init)(nn.swish(temb))
+        if self.num_classes is not None:
+            # Row num_classes is the null label. Explicitly named, so the automatic names (and
+            # hence the init RNG streams) of every other submodule are those of num_classes=None.
+            temb = temb + nn.Embed(self.num_classes + 1, embed_dim,
+                                   embedding_init=nn.initializers.zeros,
+                                   name="label_embedding")(labels)
 
         def res_block(h, mult):
             return ResBlock(self.channels * mult, num_groups=self.num_groups, dropout=self.dropout)(
