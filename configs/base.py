@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.attention_scale = "standard"
     c.model.dropout = 0.0
     c.model.num_groups = 8           # GroupNorm groups
+    # Class-conditional training (docs/guidance.md): the number of classes C of the data's labels;
+    # label C is the null label (no class). None: an unconditional model.
+    c.model.num_classes = ml_collections.config_dict.placeholder(int)
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 2500
@@ -48,6 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
                                      # SDEs: "none" or "likelihood" (lambda(t) = g_t^2)
     c.train.time_sampling = "uniform"  # SDEs: t ~ U(t_min, 1), or "importance" (p(t) ~ g^2/beta_bar^2)
                                      # flow: "uniform" or "logit_normal" (SD3's t = sigmoid(N(0, 1)))
+    c.train.label_dropout = 0.1      # class-conditional models only: probability that a training
+                                     # label is replaced by the null label (classifier-free guidance)
     c.train.log_every = 50           # steps between metric logs (and host syncs)
     c.train.checkpoint_every = 500   # steps between checkpoints (and always at the end)
     c.train.keep_checkpoints = 3

@@ -47,6 +47,7 @@ class TrainSpec:
     ema_decay: float = 0.999
     loss_weighting: str = "none"
     time_sampling: str = "uniform"
+    label_dropout: float = 0.1
     log_every: int = 50
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -242,6 +243,19 @@ def validate(spec: Spec) -> None:
     _validate_variance(spec, process)
     ATTENTION_SCALES.get(dict(spec.model.kwargs).get("attention_scale", "standard"))
     tc = spec.train
+    num_classes = dict(spec.model.kwargs).get("num_classes")
+    if num_classes is not None:
+        _check(spec.model.name == "unet",
+               f"config.model.num_classes (class-conditional training) needs the image UNet, "
+               f"got config.model.name={spec.model.name!r}")
+        _check(isinstance(num_classes, int) and not isinstance(num_classes, bool)
+               and num_classes >= 1,
+               f"config.model.num_classes must be None or an int >= 1, got {num_classes!r}")
+        _check(not spec.variance.head,
+               f"config.variance.head={spec.variance.head!r} is not supported with a "
+               f"class-conditional model (config.model.num_classes)")
+    _check(0.0 <= tc.label_dropout <= 1.0,
+           f"config.train.label_dropout must be in [0, 1], got {tc.label_dropout}")
     _check(tc.num_steps >= 0, f"config.train.num_steps must be >= 0, got {tc.num_steps}")
     _check(tc.batch_size >= 1, f"config.train.batch_size must be >= 1, got {tc.batch_size}")
     _check(tc.learning_rate > 0, f"config.train.learning_rate must be > 0, got {tc.learning_rate}")

@@ -77,7 +77,11 @@ def init_state(model, optimizer, example, key, *, process=None) -> TrainState:
         dummy_x = jnp.zeros(shape, example.dtype)
     else:
         dummy_x = jnp.zeros_like(process.prior(key, shape))
-    params = model.init(key, dummy_x, jnp.ones((1,), jnp.int32))["params"]
+    if num_classes_of(model) is None:
+        params = model.init(key, dummy_x, jnp.ones((1,), jnp.int32))["params"]
+    else:
+        params = model.init(key, dummy_x, jnp.ones((1,), jnp.int32),
+                            jnp.zeros((1,), jnp.int32))["params"]
     if process is not None:
         params = process_base.init_params(process, params)
     # A copy, not an alias: the train step donates the state, and one buffer cannot go twice.
@@ -87,10 +91,18 @@ def init_state(model, optimizer, example, key, *, process=None) -> TrainState:
 
 
 def make_train_step(loss_fn, optimizer, *, ema_decay: float, train_key):
-    """One optimisation step; the step's key is fold_in(train_key, step)."""
-    def train_step(state: TrainState, x0):
+    """One optimisation step; the step's key is fold_in(train_key, step).
+
+    `train_step(state, x0)`, or `train_step(state, x0, labels)` for a class-conditional loss.
+    """
+    def train_step(state: TrainState, x0, labels=None):
         key = jax.random.fold_in(train_key, state.step)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x0, key=key)
+        if labels is None:
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                    state.params, x0, key=key)
+        else:
+            (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                    state.params, x0, key=key, labels=labels)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # EMA warm-up: early on, average over the steps so far rather than keeping a 1 - decay
@@ -104,13 +116,41 @@ def make_train_step(loss_fn, optimizer, *, ema_decay: float, train_key):
     return train_step
 
 
-def make_apply_fns(model):
-    """(train_apply, eval_apply) with the signatures the loss and the sampler expect."""
-    def train_apply(params, xt, t, key):
-        return model.apply({"params": params}, xt, t, train=True, rngs={"dropout": key})
+def num_classes_of(model) -> Optional[int]:
+    """The class count of a class-conditional network (its null label), None otherwise."""
+    return getattr(model, "num_classes", None)
 
-    def eval_apply(params, xt, t):
-        return model.apply({"params": params}, xt, t)
+
+def null_labels(batch_size: int, num_classes: int) -> jax.Array:
+    """int32 [batch_size] of the null label num_classes (the unconditional branch)."""
+    return jnp.full((batch_size,), num_classes, jnp.int32)
+
+
+def make_apply_fns(model):
+    """(train_apply, eval_apply) with the signatures the loss and the sampler expect.
+
+    For a class-conditional model (num_classes set): `train_apply(params, xt, t, key, labels)`
+    and `eval_apply(params, xt, t, labels=None)`, where labels=None means the null label for
+    every example, so the pipeline's evaluation samples the unconditional branch
+    (udm.pipeline.conditional gives the class-conditional and guided predictors).
+    """
+    num_classes = num_classes_of(model)
+    if num_classes is None:
+        def train_apply(params, xt, t, key):
+            return model.apply({"params": params}, xt, t, train=True, rngs={"dropout": key})
+
+        def eval_apply(params, xt, t):
+            return model.apply({"params": params}, xt, t)
+
+        return train_apply, eval_apply
+
+    def train_apply(params, xt, t, key, labels=None):
+        return model.apply({"params": params}, xt, t, labels, train=True, rngs={"dropout": key})
+
+    def eval_apply(params, xt, t, labels=None):
+        if labels is None:
+            labels = null_labels(xt.shape[0], num_classes)
+        return model.apply({"params": params}, xt, t, labels)
 
     return train_apply, eval_apply
 
@@ -186,16 +226,32 @@ def build(spec: Spec) -> Experiment:
         raise ValueError(f"config.process (seq_len={process.seq_len}, vocab_size="
                          f"{process.vocab_size}) must match the data {dataset.name!r} (seq_len="
                          f"{dataset.seq_len}, vocab_size={dataset.vocab_size})")
-    return Experiment(dataset, process, make_model(spec, process),
-                      make_optimizer(spec.train), parallel.data_mesh(),
+    model = make_model(spec, process)
+    check_labels(model, dataset)  # before anything compiles
+    return Experiment(dataset, process, model, make_optimizer(spec.train), parallel.data_mesh(),
                       init_key, train_key, sample_key)
+
+
+def check_labels(model, dataset) -> None:
+    """ValueError unless a class-conditional model's dataset has labels that fit it."""
+    num_classes = num_classes_of(model)
+    if num_classes is None:
+        return
+    if getattr(dataset, "train_labels", None) is None:
+        raise ValueError(f"config.model.num_classes={num_classes} (a class-conditional model) "
+                         f"needs a dataset with labels; {dataset.name!r} has none")
+    if dataset.num_classes > num_classes:
+        raise ValueError(f"config.model.num_classes={num_classes} is smaller than the "
+                         f"{dataset.num_classes} classes of {dataset.name!r} (labels must lie "
+                         f"in [0, num_classes); num_classes itself is the null label)")
 
 
 _SYNC_EVERY = 10  # steps between host waits on the loss, whatever log_every is
 
 
 def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimizer, train_key, mesh,
-        data: np.ndarray, seed: int, record: Dict[str, Any], desc: str = "train") -> TrainState:
+        data: np.ndarray, seed: int, record: Dict[str, Any], desc: str = "train",
+        labels: Optional[np.ndarray] = None) -> TrainState:
     """The training loop shared by every stage: resume, step, log, checkpoint, stop on NaN.
 
     Args:
@@ -215,6 +271,9 @@ def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimiz
         seed: data-order seed.
         record: JSON-able dict stored with every checkpoint.
         desc: progress-bar label.
+        labels: None, or int [N] labels of data for a class-conditional loss_fn: each batch's
+            labels are taken at the same indices and sharded like the batch, and the step
+            calls `loss_fn(params, x0, key=..., labels=...)`.
 
     Returns:
         The TrainState at train_spec.num_steps.
@@ -241,10 +300,11 @@ def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimiz
         if primary:
             print(f"udm: resumed from step {latest} in {workdir}")
 
+    batch_shardings = (parallel.batch_sharded(mesh),) * (1 if labels is None else 2)
     train_step = jax.jit(
         make_train_step(loss_fn, optimizer, ema_decay=train_spec.ema_decay,
                         train_key=train_key),
-        in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
+        in_shardings=(state_sharding, *batch_shardings),
         out_shardings=(state_sharding, parallel.replicated(mesh)),
         donate_argnums=0)
 
@@ -261,7 +321,12 @@ def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimiz
         for step in bar:
             idx = batch_at_step(len(data), train_spec.batch_size, step, seed=seed)[rows]
             batch = parallel.global_batch(data[idx], mesh, train_spec.batch_size)
-            state, metrics = train_step(state, batch)
+            if labels is None:
+                state, metrics = train_step(state, batch)
+            else:
+                state, metrics = train_step(
+                        state, batch,
+                        parallel.global_batch(labels[idx], mesh, train_spec.batch_size))
             pending.append(metrics)
             done = step + 1
             if done % _SYNC_EVERY == 0:
@@ -300,7 +365,8 @@ def train(spec: Spec, workdir: str, *,
 
     Writes workdir/checkpoints/, metrics.jsonl and tensorboard/. A checkpoint of another model
     shape is refused before anything is written. A non-finite loss stops
-    training with FloatingPointError; the last good checkpoint stays.
+    training with FloatingPointError; the last good checkpoint stays. A class-conditional model
+    (config.model.num_classes) trains on the dataset's labels with spec.train.label_dropout.
     """
     exp = build(spec) if experiment is None else experiment
     data = exp.dataset.train_data
@@ -309,12 +375,24 @@ def train(spec: Spec, workdir: str, *,
         return init_state(exp.model, exp.optimizer, data, key, process=exp.process)
 
     train_apply, _ = make_apply_fns(exp.model)
-    loss_fn = losses.make_loss_fn(exp.process, train_apply, weighting=spec.train.loss_weighting,
-                                  time_sampling=spec.train.time_sampling)
+    num_classes = num_classes_of(exp.model)
+    if num_classes is None:
+        loss_fn = losses.make_loss_fn(exp.process, train_apply,
+                                      weighting=spec.train.loss_weighting,
+                                      time_sampling=spec.train.time_sampling)
+        labels = None
+    else:
+        check_labels(exp.model, exp.dataset)  # an experiment built elsewhere, too
+        loss_fn = losses.make_loss_fn(exp.process, train_apply,
+                                      weighting=spec.train.loss_weighting,
+                                      time_sampling=spec.train.time_sampling,
+                                      num_classes=num_classes,
+                                      label_dropout=spec.train.label_dropout)
+        labels = exp.dataset.train_labels
     return fit(spec.train, workdir, init=init, init_key=exp.init_key, loss_fn=loss_fn,
                optimizer=exp.optimizer, train_key=exp.train_key, mesh=exp.mesh,
                data=data, seed=spec.seed,
-               record=dict(config=spec.record, dataset=exp.dataset.name))
+               record=dict(config=spec.record, dataset=exp.dataset.name), labels=labels)
 
 
 def make_variance_head(spec: Spec, experiment: Experiment):
