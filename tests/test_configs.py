@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("module,variant", [
-    (ddpm_digits, ""), (ddpm_digits, "smoke"), (ddpm_cifar10, "smoke"), (sde_digits, ""),
+    (ddpm_digits, ""), (ddpm_digits, "smoke"), (ddpm_digits, "conditional"),
+    (ddpm_digits, "conditional,smoke"), (ddpm_cifar10, "smoke"), (sde_digits, ""),
     (sde_digits, "subvp"), (sde_digits, "ve,smoke"), (sde_digits, "blog"), (cold_digits, ""),
     (cold_digits, "noisy,smoke"), (heat_digits, ""), (heat_digits, "smoke"), (flow_digits, ""),
     (flow_digits, "smoke"), (flow_digits, "mnist5k"), (flow_digits, "mnist5k,smoke"), (flow_digits, "x0,logit_normal,smoke"), (flow_digits, "eps"),
@@ -29,6 +30,22 @@ def test_configs_validate(module, variant):
     config = module.get_config(variant)
     config.data.name = "digits"      # validation does not need the dataset itself
     from_config(config)
+
+
+def test_ddpm_digits_conditional_variant_combines_with_smoke():
+    plain, cond = ddpm_digits.get_config(""), ddpm_digits.get_config("conditional")
+    assert plain.model.num_classes is None
+    assert cond.model.num_classes == 10 and cond.train.label_dropout == 0.1
+    both = ddpm_digits.get_config("conditional,smoke")
+    assert both.to_dict() == ddpm_digits.get_config("smoke,conditional").to_dict()
+    smoke = ddpm_digits.get_config("smoke")
+    assert both.model.channels == smoke.model.channels and both.train.num_steps == 4
+    assert both.model.num_classes == 10 and smoke.model.num_classes is None
+    spec = from_config(both)
+    assert dict(spec.model.kwargs)["num_classes"] == 10 and spec.train.label_dropout == 0.1
+    for bad in ("conditional,tiny", "smoke,smoke"):
+        with pytest.raises(ValueError, match="valid: smoke, conditional"):
+            ddpm_digits.get_config(bad)
 
 
 def test_unknown_variant_is_refused():
