@@ -110,3 +110,23 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval.classifier_steps = 1500   # training steps of the FD-digits classifier
     c.eval.grid_size = 64            # images in each PNG grid
     return c
+
+
+def apply_image_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The budget of the image configs' `:smoke` variants (a run of seconds that exercises
+    training, checkpoints, sampling and evaluation): an 8-channel UNet, 4 training steps of 16
+    images, 5 sampler steps, 32 evaluated samples and a 50-step evaluation classifier."""
+    c.model.channels = 8
+    c.model.num_groups = 4
+    c.train.num_steps = 4
+    c.train.batch_size = 16
+    c.train.warmup_steps = 2
+    c.train.log_every = 2
+    c.train.checkpoint_every = 2
+    c.sampler.num_steps = 5
+    c.eval.step_counts = (5,)
+    c.eval.num_samples = 32
+    c.eval.batch_size = 32
+    c.eval.classifier_steps = 50
+    c.eval.grid_size = 16
+    return c

@@ -23,18 +23,6 @@ def get_config(variant: str = ""):
         c.model.num_classes = 10     # digits 0-9; label 10 is the null label
         c.train.label_dropout = 0.1
     if "smoke" in tokens:
-        c.model.channels = 8
+        base.apply_image_smoke(c)
         c.model.channel_mults = (1, 2)
-        c.model.num_groups = 4
-        c.train.num_steps = 4
-        c.train.batch_size = 16
-        c.train.warmup_steps = 2
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
-        c.sampler.num_steps = 5
-        c.eval.step_counts = (5,)
-        c.eval.num_samples = 32
-        c.eval.batch_size = 32
-        c.eval.classifier_steps = 50
-        c.eval.grid_size = 16
     return c

@@ -30,19 +30,7 @@ def get_config(variant: str = ""):
     c.train.log_every = 100
     c.eval.step_counts = (10, 50, 250)
     if variant == "smoke":
-        c.model.channels = 8
-        c.model.num_groups = 4
-        c.train.num_steps = 4
-        c.train.batch_size = 16
-        c.train.warmup_steps = 2
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
-        c.sampler.num_steps = 5
-        c.eval.step_counts = (5,)
-        c.eval.num_samples = 32
-        c.eval.batch_size = 32
-        c.eval.classifier_steps = 50
-        c.eval.grid_size = 16
+        base.apply_image_smoke(c)
     elif variant:
         raise ValueError(f"unknown variant {variant!r} of ddpm_mnist5k; valid: smoke")
     return c

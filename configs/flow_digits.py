@@ -39,19 +39,7 @@ def get_config(variant: str = ""):
         for field in ("num_steps", "batch_size", "checkpoint_every", "log_every"):
             c.train[field] = mnist.train[field]
     if "smoke" in tokens:
-        c.model.channels = 8
-        c.model.num_groups = 4
-        c.train.num_steps = 4
-        c.train.batch_size = 16
-        c.train.warmup_steps = 2
-        c.train.log_every = 2
-        c.train.checkpoint_every = 2
-        c.sampler.num_steps = 5
+        base.apply_image_smoke(c)
         c.sampler.rtol = c.sampler.atol = 1e-3
         c.eval.samplers = ("ode_euler", "ode_adaptive")
-        c.eval.step_counts = (5,)
-        c.eval.num_samples = 32
-        c.eval.batch_size = 32
-        c.eval.classifier_steps = 50
-        c.eval.grid_size = 16
     return c
