@@ -99,6 +99,10 @@ def test_sde_config_errors_name_the_field(field, value, message):
     ("sampler.name", "em", r"sampler 'em' needs a reverse-time SDE.*the FlowProcess samples "
                            r"with: baseline, ddim, ddpm, dpm_solver_1, .*, improved, "
                            r"ode_adaptive, ode_ddim, ode_euler, ode_heun"),
+    ("sampler.name", "heun_edm", r"sampler 'heun_edm' works in sigma = beta_bar / alpha_bar, "
+                                 r"which is infinite at the top of this process .*the "
+                                 r"FlowProcess samples with: baseline, ddim, ddpm, "),
+    ("sampler.name", "euler_ancestral", r"sampler 'euler_ancestral' works in sigma"),
     ("sampler.spacing", "leading", "spacing 'leading' is not defined in continuous time; "
                                    "valid: karras, logsnr, quadratic, uniform"),
     ("sampler.num_steps", 0, "config.sampler.num_steps must be >= 1, got 0"),

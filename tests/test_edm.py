@@ -14,7 +14,7 @@ import pytest
 from udm import oracles
 from udm.processes import GaussianProcess, masking
 from udm.processes import sde as sde_lib
-from udm.sampling import SamplerOptions, grids, make_sampler
+from udm.sampling import SamplerOptions, grids, make_sampler, supported_samplers
 from udm.sampling.edm import churn_times
 
 M, S = 0.5, 0.3
@@ -177,8 +177,11 @@ def test_refusals():
                                              f"marginals; the MaskingProcess samples with: "):
             make_sampler(tokens, lambda p, x, t: x, name, num_steps=2)
     ztsnr = GaussianProcess.from_schedule("linear", 100, prediction="v", zero_terminal_snr=True)
-    with pytest.raises(ValueError, match="infinite at the top step of a zero-terminal-SNR"):
-        make_sampler(ztsnr, lambda p, x, t: x, "heun_edm", num_steps=4)
+    for name in ("heun_edm", "euler_ancestral"):
+        assert name not in supported_samplers(ztsnr) and name in supported_samplers(PROCESS)
+        with pytest.raises(ValueError, match=f"sampler '{name}' works in sigma = beta_bar / "
+                                             f"alpha_bar, which is infinite at the top"):
+            make_sampler(ztsnr, lambda p, x, t: x, name, num_steps=4)
     with pytest.raises(ValueError, match="churn >= 0"):
         make_sampler(PROCESS, lambda p, x, t: x, "heun_edm", num_steps=4, churn=-1.0)
 

@@ -92,30 +92,45 @@ class SamplerEntry(NamedTuple):
     supports: Callable   # supports(capabilities) -> bool
     requirement: str     # what `supports` asks of a process, for error messages
     adaptive: bool = False  # picks its own steps (num_steps unused)
+    # refusal(process) -> None, or why this process cannot be sampled although its capabilities
+    # allow it (e.g. a property of its schedule); checked wherever `supports` is.
+    refusal: Optional[Callable] = None
+
+    def refuses(self, process) -> Optional[str]:
+        """None if this sampler can sample `process`, else the reason (for error messages)."""
+        if not self.supports(process.capabilities):
+            return f"needs {self.requirement}"
+        return self.refusal(process) if self.refusal is not None else None
 
 
 SAMPLERS: Registry = Registry("sampler")
 
 
-def register(name: str, *, supports: Callable, requirement: str, adaptive: bool = False):
-    """Decorator: registers `build(process, predictor, num_steps, options)` under `name`."""
+def register(name: str, *, supports: Callable, requirement: str, adaptive: bool = False,
+             refusal: Optional[Callable] = None):
+    """Decorator: registers `build(process, predictor, num_steps, options)` under `name`.
+
+    `supports(capabilities)` says which processes the sampler is for; the optional
+    `refusal(process)` returns a reason for a process that the capabilities alone do not rule out.
+    """
     def decorator(build):
-        SAMPLERS.register(name)(SamplerEntry(build, supports, requirement, adaptive))
+        SAMPLERS.register(name)(SamplerEntry(build, supports, requirement, adaptive, refusal))
         return build
     return decorator
 
 
 def supported_samplers(process) -> list:
     """The names of the samplers that can sample `process`."""
-    return [n for n in SAMPLERS if SAMPLERS.get(n).supports(process.capabilities)]
+    return [n for n in SAMPLERS if SAMPLERS.get(n).refuses(process) is None]
 
 
 def check_supported(name: str, process) -> SamplerEntry:
     """The registry entry of `name`; ValueError naming the valid samplers if `process` is not
     supported (or the name is unknown)."""
     entry = SAMPLERS.get(name)
-    if not entry.supports(process.capabilities):
-        raise ValueError(f"sampler {name!r} needs {entry.requirement}; the "
+    reason = entry.refuses(process)
+    if reason is not None:
+        raise ValueError(f"sampler {name!r} {reason}; the "
                          f"{type(process).__name__} samples with: "
                          f"{', '.join(supported_samplers(process))}")
     return entry

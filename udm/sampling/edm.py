@@ -44,11 +44,21 @@ def _sigma(process, t):
     return beta_bar / alpha_bar
 
 
-def _check_finite_top(process, grid) -> None:
-    if not np.isfinite(grids.log_snr(process, grid[0, 0])):
-        raise ValueError("heun_edm / euler_ancestral work in sigma = beta_bar / alpha_bar, which "
-                         "is infinite at the top step of a zero-terminal-SNR schedule; use ddim "
-                         "or ddpm there")
+def _infinite_top(process):
+    """Why EDM's samplers refuse `process`: sigma = beta_bar / alpha_bar is infinite at its top
+    (a zero-terminal-SNR schedule, flow matching at t = 1); None where sigma_max is finite."""
+    top = 1.0 if process.capabilities.continuous_time else process.num_timesteps
+    if np.isfinite(grids.log_snr(process, top)):
+        return None
+    return ("works in sigma = beta_bar / alpha_bar, which is infinite at the top of this process "
+            "(alpha_bar = 0: a zero-terminal-SNR schedule or flow matching)")
+
+
+def _check_finite_top(process) -> None:
+    reason = _infinite_top(process)
+    if reason is not None:
+        raise ValueError(f"heun_edm / euler_ancestral {reason}; use ddim, the DPM-Solvers or the "
+                         f"ODE solvers there")
 
 
 def churn_times(process, times: np.ndarray, num_steps: int, o: SamplerOptions) -> np.ndarray:
@@ -98,7 +108,7 @@ def make_heun_edm(process, predictor, num_steps: int, options: SamplerOptions):
     _check_churn(o)
     continuous = process.capabilities.continuous_time
     grid = grids.time_grid(process, num_steps, o.spacing, rho=o.rho)
-    _check_finite_top(process, grid)
+    _check_finite_top(process)
     # Heun steps go between grid times with s > 0; the step to sigma = 0 (discrete time) is the
     # estimate at tau_1. A continuous grid ends at t_min > 0: every row is a Heun step.
     rows = grid if continuous else grid[:-1]
@@ -154,7 +164,7 @@ def make_euler_ancestral(process, predictor, num_steps: int, options: SamplerOpt
     check_clip_options(o)
     continuous = process.capabilities.continuous_time
     grid = grids.time_grid(process, num_steps, o.spacing, rho=o.rho)
-    _check_finite_top(process, grid)
+    _check_finite_top(process)
     steps = (jnp.asarray(grid[:, 0]), jnp.asarray(grid[:, 1]),
              jnp.arange(num_steps, dtype=jnp.int32))
     nfe = num_steps + (1 if continuous and o.denoise else 0)
@@ -195,5 +205,7 @@ def _gaussian(c):
 
 
 _REQUIREMENT = "a process with Gaussian marginals"
-register("heun_edm", supports=_gaussian, requirement=_REQUIREMENT)(make_heun_edm)
-register("euler_ancestral", supports=_gaussian, requirement=_REQUIREMENT)(make_euler_ancestral)
+register("heun_edm", supports=_gaussian, requirement=_REQUIREMENT,
+         refusal=_infinite_top)(make_heun_edm)
+register("euler_ancestral", supports=_gaussian, requirement=_REQUIREMENT,
+         refusal=_infinite_top)(make_euler_ancestral)
