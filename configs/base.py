@@ -92,6 +92,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.sampler.churn_tmin = 0.0       # S_tmin: churn only where S_tmin <= sigma <= S_tmax
     c.sampler.churn_tmax = float("inf")  # S_tmax
     c.sampler.churn_noise = 1.0      # S_noise: scale of the churn's fresh noise
+    # Conditioning (docs/guidance.md, docs/inpainting.md). A class-conditional model
+    # (config.model.num_classes) samples class i mod C for sample i, guided with scale w (0: the
+    # conditional model itself), optionally only where t_lo <= t <= t_hi:
+    c.sampler.guidance_scale = 0.0
+    c.sampler.guidance_interval = ()  # () always, or (t_lo, t_hi) in the process's time units
+    # Inpainting: the known part of each held-out example, the rest is sampled. Images:
+    # "top_half", "bottom_half", "left_half", "right_half"; tokens: "prefix:N". "": off.
+    c.sampler.inpaint = ""
 
     c.variance = ml_collections.ConfigDict()  # optimal reverse variances (udm.variance)
     c.variance.head = ""             # "npr" or "sn": train a variance head after the mean model

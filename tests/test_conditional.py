@@ -24,7 +24,7 @@ from udm.processes import GaussianProcess
 from udm.sampling import classifier_free_guidance, make_sampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_KW = dict(channels=8, channel_mults=(1, 2), num_groups=4)
+_KW = dict(channels=8, channel_mults=(1,), num_groups=4, attention_resolutions=())
 
 
 def _config(variant="conditional,smoke", **overrides):
@@ -306,10 +306,17 @@ def test_conditional_smoke_trains_checkpoints_and_resumes_from_the_command_line(
             "--config=configs/ddpm_digits.py:conditional,smoke", f"--workdir={tmp_path}",
             "--config.train.progress_bar=False", "--config.sampler.num_steps=3",
             "--config.eval.step_counts=(3,)", "--config.eval.samplers=('ddim',)"]
-    first = subprocess.run(base + ["--config.train.num_steps=2"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=600)
+    first = subprocess.run(base + ["--config.train.num_steps=2",
+                                   "--config.sampler.guidance_scale=2.0",
+                                   "--config.sampler.inpaint=bottom_half"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "| ddim (eta=0) | 3 |" in first.stdout   # the evaluation samples the null label
+    assert "| ddim (eta=0) | 3 |" in first.stdout
+    assert ("Samples conditioned: class-conditional, guidance scale 2; inpainting with "
+            "bottom_half of each held-out example known.") in first.stdout
+    rows = json.load(open(tmp_path / "results.json"))["rows"]
+    assert [r["known_changed"] for r in rows[1:]] == [0.0]   # the known half, pixel for pixel
+    assert 0.0 <= rows[1]["class_accuracy"] <= 1.0 and (tmp_path / "known.png").exists()
     second = subprocess.run(base + ["--config.train.num_steps=4", "--config.eval.enabled=False"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]

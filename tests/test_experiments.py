@@ -109,3 +109,28 @@ def test_reproduce_solver_table_smoke(tmp_path):
     # A rerun finds every cell done and trains nothing.
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and (tmp_path / "solver_table.md").read_text() == table
+
+
+def test_reproduce_conditional_smoke(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.reproduce_conditional", "--smoke",
+           f"--workdir={tmp_path}", "--scales=0,2"]
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "conditional.json").read_text())
+    assert [(r["sampler"], r["scale"]) for r in result["guidance"]] == [
+        ("DDIM", 0.0), ("DDIM", 2.0), ("DPM-Solver++(2M)", 0.0), ("DPM-Solver++(2M)", 2.0)]
+    assert all(0 <= r["accuracy"] <= 1 and np.isfinite(r["per_class_fd"])
+               for r in result["guidance"])
+    inpainting = result["inpainting"]
+    # exact where the sampler ends on an x_0 estimate (DDIM) and for the pasted rows; the
+    # improved design of cold / heat adds x_t - F_t(x0_hat) to its last estimate
+    assert len(inpainting) == 6 and all(r["known_changed"] == 0.0 for r in inpainting
+                                        if r["method"] != "correct step" or "DDIM" in r["process"])
+    assert all(np.isfinite(r["known_changed"]) for r in inpainting)
+    assert {r["process"] for r in result["infilling"]} == {"masking", "edit v2",
+                                                           "D3PM absorbing", "D3PM uniform"}
+    for name in ("conditional_guidance.png", "conditional_inpainting.png", "conditional.md"):
+        assert (tmp_path / name).exists()
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0 and json.loads((tmp_path / "conditional.json").read_text()) == result

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from udm import distributed, metrics, parallel, sampling, variance, variance_heads
 from udm.sampling import make_sampler, network_predictor, time_grid
+from udm.pipeline import conditional
 from udm.pipeline.classifier import load_or_train_classifier
 from udm.pipeline.spec import Spec
 from udm.variance_heads import HeadModel
@@ -31,8 +32,12 @@ def draw_priors(process, *, num_samples: int, batch_size: int, image_shape, key,
     return [draw(jax.random.fold_in(key, i)) for i in range(math.ceil(num_samples / batch_size))]
 
 
-def generate(sample_fn, params, priors: list, *, num_samples: int, key):
+def generate(sample_fn, params, priors: list, *, num_samples: int, key,
+             conditions: Optional[list] = None):
     """Runs the sampler on each x_T batch (noise keys fold_in(key, batch)).
+
+    conditions: None, or one condition per batch, passed as params = (params, condition) (the
+    samplers of `conditional.conditioned_predictor`).
 
     Returns:
       (samples [num_samples, ...], function evaluations per sample: the mean over batches, since
@@ -40,7 +45,8 @@ def generate(sample_fn, params, priors: list, *, num_samples: int, key):
     """
     chunks, nfes = [], []
     for i, x_T in enumerate(priors):
-        out = sample_fn(params, x_T, key=jax.random.fold_in(key, i))
+        batch_params = params if conditions is None else (params, conditions[i])
+        out = sample_fn(batch_params, x_T, key=jax.random.fold_in(key, i))
         if not bool(out.success):
             raise RuntimeError(f"sampling batch {i} failed after {int(out.nfe)} function "
                                f"evaluations (adaptive solver step limit?)")
@@ -98,7 +104,8 @@ def estimate_sigma_bar(spec: Spec, workdir: str, *, process, eval_apply, params,
 
 
 def make_eval_sampler(spec: Spec, process, eval_apply, name: str, num_steps: int, *,
-                      sigma_bar=None, head: Optional[HeadModel] = None, spacing=None):
+                      sigma_bar=None, head: Optional[HeadModel] = None, spacing=None,
+                      mask: Optional[np.ndarray] = None):
     """The sampler of one table row, for any process (`udm.sampling.make_sampler`).
 
     With spec.sampler.clip_x0 the x_0 estimates (the final samples, for the SDE / ODE
@@ -119,7 +126,13 @@ def make_eval_sampler(spec: Spec, process, eval_apply, name: str, num_steps: int
                    threshold=None if tokens else sc.threshold, churn=sc.churn,
                    churn_tmin=sc.churn_tmin, churn_tmax=sc.churn_tmax,
                    churn_noise=sc.churn_noise)
-    predictor = network_predictor(process, eval_apply)
+    num_classes = num_classes_of(spec)
+    if num_classes is not None or mask is not None:
+        predictor = conditional.conditioned_predictor(
+            process, eval_apply, num_classes=num_classes, scale=sc.guidance_scale,
+            interval=sc.guidance_interval or None, mask=mask)
+    else:
+        predictor = network_predictor(process, eval_apply)
     if sc.variance == "fixed_small":
         return make_sampler(process, predictor, name, num_steps=num_steps, **options)
     grid = time_grid(process, num_steps, spacing, rho=sc.rho)
@@ -137,6 +150,23 @@ def make_eval_sampler(spec: Spec, process, eval_apply, name: str, num_steps: int
                                             sigma_bar=sigma_bar)
     return make_sampler(process, predictor, name, num_steps=num_steps, sigma_bar=table,
                         std_cap=cap, **options)
+
+
+def num_classes_of(spec: Spec) -> Optional[int]:
+    """The class count of the spec's class-conditional model, None for an unconditional one."""
+    return dict(spec.model.kwargs).get("num_classes")
+
+
+def condition_label(spec: Spec) -> str:
+    """What the samples were conditioned on, for table headers ("" when unconditioned)."""
+    parts = []
+    if num_classes_of(spec) is not None:
+        interval = spec.sampler.guidance_interval
+        parts.append(f"class-conditional, guidance scale {spec.sampler.guidance_scale:g}"
+                     + (f" for {interval[0]:g} <= t <= {interval[1]:g}" if interval else ""))
+    if spec.sampler.inpaint:
+        parts.append(f"inpainting with {spec.sampler.inpaint} of each held-out example known")
+    return "; ".join(parts)
 
 
 def sampler_label(spec: Spec, name: str) -> str:
@@ -199,14 +229,23 @@ def sample_rows(spec: Spec, workdir: str, runs, *, process, eval_apply, params, 
                 sample_key, num_samples: int, head: Optional[HeadModel] = None):
     """Samples num_samples examples with every (sampler, K) of `runs`, from the same x_T.
 
-    Returns {(name, K): (samples, NFE per sample, seconds)}. With an Analytic-DPM /
-    ML Monte Carlo variance its sigma_bar table is estimated first (`estimate_sigma_bar`).
+    Returns ({(name, K): (samples, NFE per sample, seconds)}, conditions), conditions the
+    `conditional.Conditions` of a class-conditional model or spec.sampler.inpaint (None
+    otherwise). With an Analytic-DPM / ML Monte Carlo variance its sigma_bar table is estimated
+    first (`estimate_sigma_bar`).
     """
     ec = spec.eval
     # Same x_T for every row.
     prior_key, noise_key = jax.random.split(sample_key)
     priors = draw_priors(process, num_samples=num_samples, batch_size=ec.batch_size,
                          image_shape=dataset.train_data.shape[1:], key=prior_key, mesh=mesh)
+    conditions = None
+    if num_classes_of(spec) is not None or spec.sampler.inpaint:
+        test_examples = dataset.test_tokens if dataset.tokens else dataset.test_images
+        conditions = conditional.batch_conditions(
+            num_samples=num_samples, batch_size=ec.batch_size, num_classes=num_classes_of(spec),
+            inpaint=spec.sampler.inpaint, test_examples=test_examples,
+            test_labels=getattr(dataset, "test_labels", None), mesh=mesh)
     sigma_bar, sample_params = None, params
     if spec.sampler.variance in variance.MONTE_CARLO_VARIANCES:
         grid_times = np.concatenate([time_grid(process, k, spec.sampler.spacing,
@@ -222,12 +261,14 @@ def sample_rows(spec: Spec, workdir: str, runs, *, process, eval_apply, params, 
     for name, k in tqdm(runs, desc="sample", unit="run",
                         disable=not (spec.train.progress_bar and distributed.is_primary())):
         sample_fn = make_eval_sampler(spec, process, eval_apply, name, k or 0,
-                                      sigma_bar=sigma_bar, head=head)
+                                      sigma_bar=sigma_bar, head=head,
+                                      mask=None if conditions is None else conditions.mask)
         start = time.perf_counter()
         samples, nfe = generate(sample_fn, sample_params, priors, num_samples=num_samples,
-                                key=noise_key)
+                                key=noise_key,
+                                conditions=None if conditions is None else conditions.batches)
         generated[name, k] = samples, nfe, time.perf_counter() - start
-    return generated
+    return generated, conditions
 
 
 def evaluate(spec: Spec, workdir: str, *, process, eval_apply, params, dataset, mesh,
@@ -243,12 +284,12 @@ def evaluate(spec: Spec, workdir: str, *, process, eval_apply, params, dataset, 
     """
     evaluator = EVALUATORS[dataset.tokens]
     n, runs = evaluator.plan(spec, dataset)
-    generated = sample_rows(spec, workdir, runs, process=process, eval_apply=eval_apply,
-                            params=params, dataset=dataset, mesh=mesh, sample_key=sample_key,
-                            num_samples=n, head=head)
+    generated, conditions = sample_rows(
+        spec, workdir, runs, process=process, eval_apply=eval_apply, params=params,
+        dataset=dataset, mesh=mesh, sample_key=sample_key, num_samples=n, head=head)
     if not distributed.is_primary():  # process 0 alone scores and writes
         return {}
-    return evaluator.report(spec, workdir, dataset, generated, n)
+    return evaluator.report(spec, workdir, dataset, generated, n, conditions)
 
 
 def _row_steps(name: str, k: int) -> Optional[int]:
@@ -274,8 +315,46 @@ def _image_plan(spec: Spec, dataset):
     return n, runs
 
 
-def _image_report(spec: Spec, workdir: str, dataset, generated, n: int) -> Dict[str, Any]:
-    """Scores image samples (FD-digits, class statistics, memorisation), writes grids and tables."""
+def conditioning_scores(samples: np.ndarray, conditions, classifier=None) -> Dict[str, Any]:
+    """How well samples meet their conditions: the classifier's accuracy on the requested (or,
+    inpainting, the source) labels, and how much the samples changed the known part: the
+    fraction of known tokens changed, or the mean |change| of known pixels (0 where the sampler
+    ends on an x_0 estimate, docs/inpainting.md)."""
+    scores = {}
+    if conditions is None:
+        return scores
+    if conditions.labels is not None and classifier is not None:
+        predicted = np.argmax(classifier.probs(samples), axis=-1)
+        scores["class_accuracy"] = float(np.mean(predicted == conditions.labels[:len(samples)]))
+    if conditions.mask is not None:
+        known = conditions.known[:len(samples)]
+        change = np.abs(samples.astype(np.float64) - known.astype(np.float64))[:, conditions.mask]
+        tokens = np.issubdtype(known.dtype, np.integer)
+        scores["known_changed"] = float(np.mean(change > 0) if tokens else np.mean(change))
+    return scores
+
+
+def _condition_columns(conditions, columns, headers, *, classifier=True):
+    """The table's columns with those of `conditioning_scores` appended where they apply."""
+    columns, headers = list(columns), list(headers)
+    if conditions is not None and conditions.labels is not None and classifier:
+        columns.insert(-1, ("class_accuracy", "{:.3f}"))
+        headers.insert(-1, "agreement with the completed example's label ↑"
+                       if conditions.mask is not None else "accuracy of the requested class ↑")
+    if conditions is not None and conditions.mask is not None:
+        tokens = np.issubdtype(conditions.known.dtype, np.integer)
+        columns.insert(-1, ("known_changed", "{:.3f}" if tokens else "{:.2e}"))
+        headers.insert(-1, "known tokens changed" if tokens else "known pixels, mean |change|")
+    return columns, headers
+
+
+def _image_report(spec: Spec, workdir: str, dataset, generated, n: int,
+                  conditions=None) -> Dict[str, Any]:
+    """Scores image samples (FD-digits, class statistics, memorisation), writes grids and tables.
+
+    With conditions (a class-conditional model, inpainting) the table adds the accuracy of the
+    requested class and the mean |change| of the known pixels (`conditioning_scores`), and
+    inpainting writes known.png, the held-out examples with their unknown part grey."""
     ec = spec.eval
     held_out = dataset.test_images
     grid_n = min(ec.grid_size, n)
@@ -300,7 +379,8 @@ def _image_report(spec: Spec, workdir: str, dataset, generated, n: int) -> Dict[
         label = sampler_label(spec, name)
         rows.append(dict(samples=label, steps=k, nfe=nfe,
                          seconds=seconds,
-                         **score(samples, classifier, reference, dataset.train_images, held_out)))
+                         **score(samples, classifier, reference, dataset.train_images, held_out),
+                         **conditioning_scores(samples, conditions, classifier)))
         suffix = f"{name}_{k}" if k is not None else name
         title = f"{label}, K={k}" if k is not None else label
         metrics.save_image_grid(samples[:grid_n], os.path.join(workdir, f"samples_{suffix}.png"),
@@ -309,14 +389,22 @@ def _image_report(spec: Spec, workdir: str, dataset, generated, n: int) -> Dict[
             metrics.save_image_grid(samples[:grid_n], os.path.join(workdir, "samples.png"),
                                     title=title)
     metrics.save_image_grid(real[:grid_n], os.path.join(workdir, "real.png"), title="real digits")
+    if conditions is not None and conditions.mask is not None:
+        shown = np.where(conditions.mask, conditions.known[:grid_n], 0.0)
+        metrics.save_image_grid(shown, os.path.join(workdir, "known.png"),
+                                title=f"known part ({spec.sampler.inpaint})")
 
     header = (f"Evaluation of {dataset.name} at training step {spec.train.num_steps}: "
               f"{n} samples per row against {len(held_out)} held-out images; "
               + (f"classifier held-out accuracy {classifier.test_accuracy:.4f}. " if classifier
                  else "no labels, so no classifier scores. ")
               + f"Real row: FD of {n} training images vs the held-out set; other columns of "
-              f"the held-out images.")
-    table = header + "\n\n" + markdown_table(rows) + "\n"
+              f"the held-out images."
+              + (f" Samples conditioned: {condition_label(spec)}." if conditions is not None
+                 else ""))
+    columns, headers = _condition_columns(conditions, _COLUMNS, _HEADERS,
+                                          classifier=classifier is not None)
+    table = header + "\n\n" + markdown_table(rows, columns, headers) + "\n"
     results = dict(classifier_test_accuracy=classifier.test_accuracy if classifier else None,
                    num_samples=n, rows=rows)
     _atomic_write(os.path.join(workdir, "results.md"), table)
@@ -342,13 +430,16 @@ def _text_plan(spec: Spec, dataset):
     return n, list(dict.fromkeys([(name, k) for name in ec.samplers for k in ec.step_counts]))
 
 
-def _text_report(spec: Spec, workdir: str, dataset, generated, n: int) -> Dict[str, Any]:
+def _text_report(spec: Spec, workdir: str, dataset, generated, n: int,
+                 conditions=None) -> Dict[str, Any]:
     """Token samples scored by udm.metrics.text_report; writes results.md / results.json and
     samples_<sampler>_<K>.txt (decoded).
 
     Headline numbers: validity (the arithmetic language, checked exactly), the perplexity of the
     samples under a character 3-gram model fitted on the held-out split, distinct-1/2. The
-    reference row scores as many real training sequences the same way.
+    reference row scores as many real training sequences the same way. With inpainting
+    ("prefix:N") each sample completes a held-out sequence and the table adds the fraction of
+    known tokens changed (validity of arithmetic is then the exactness of the filled sums).
     """
     ec = spec.eval
     reference = metrics.fit_reference_model(dataset)
@@ -358,15 +449,19 @@ def _text_report(spec: Spec, workdir: str, dataset, generated, n: int) -> Dict[s
                  **metrics.text_report(real, dataset, reference, seed=spec.seed))]
     for (name, k), (samples, _, seconds) in generated.items():
         rows.append(dict(samples=sampler_label(spec, name), steps=k, seconds=seconds,
-                         **metrics.text_report(samples, dataset, reference, seed=spec.seed)))
+                         **metrics.text_report(samples, dataset, reference, seed=spec.seed),
+                         **conditioning_scores(samples, conditions)))
         _atomic_write(os.path.join(workdir, f"samples_{name}_{k}.txt"),
                       "\n".join(dataset.decode(samples[:ec.grid_size])) + "\n")
     table = (f"Evaluation of {dataset.name} (l = {dataset.seq_len}, V = {dataset.vocab_size}) at "
              f"training step {spec.train.num_steps}: {n} samples per row; held-out 3-gram "
              f"perplexity of held-out text under a train-fitted model "
              f"{rows[0]['heldout_perplexity']:.2f}, of uniform random text "
-             f"{rows[0]['random_perplexity']:.2f}.\n\n"
-             + markdown_table(rows, _TEXT_COLUMNS, _TEXT_HEADERS) + "\n")
+             f"{rows[0]['random_perplexity']:.2f}."
+             + (f" Samples conditioned: {condition_label(spec)}." if conditions is not None else "")
+             + "\n\n"
+             + markdown_table(rows, *_condition_columns(conditions, _TEXT_COLUMNS, _TEXT_HEADERS,
+                                                        classifier=False)) + "\n")
     results = dict(num_samples=n, rows=rows)
     _atomic_write(os.path.join(workdir, "results.md"), table)
     _atomic_write(os.path.join(workdir, "results.json"), json.dumps(results, indent=1))

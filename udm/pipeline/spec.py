@@ -7,10 +7,12 @@ takes a ConfigDict: the pipeline (`udm.pipeline.train`, `udm.pipeline.evaluate`)
 typed fields, and the library below it receives plain values.
 """
 import dataclasses
+import math
 from typing import Any, Dict, Optional, Tuple
 
 from udm import parallel, sampling, variance, variance_heads
 from udm.nn import ATTENTION_SCALES
+from udm.pipeline import conditional as conditional_lib
 from udm.processes import PROCESSES
 
 
@@ -77,6 +79,9 @@ class SamplerSpec:
     churn_tmin: float = 0.0
     churn_tmax: float = float("inf")
     churn_noise: float = 1.0
+    guidance_scale: float = 0.0
+    guidance_interval: Tuple[float, ...] = ()
+    inpaint: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +242,38 @@ def _validate_variance(spec: Spec, process) -> None:
            f"mc_batch_size, got {vc.mc_samples} and {vc.mc_batch_size}")
 
 
+def _validate_conditioning(spec: Spec, process) -> None:
+    """Guidance needs a class-conditional model; inpaint must name a part of this data."""
+    sc = spec.sampler
+    num_classes = dict(spec.model.kwargs).get("num_classes")
+    w = sc.guidance_scale
+    _check(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+           and w >= 0, f"config.sampler.guidance_scale must be a finite number >= 0, got {w!r}")
+    interval = sc.guidance_interval
+    _check(len(interval) in (0, 2) and all(isinstance(v, (int, float)) for v in interval)
+           and (not interval or interval[0] <= interval[1]),
+           f"config.sampler.guidance_interval must be () (always) or (t_lo, t_hi) with "
+           f"t_lo <= t_hi, got {interval!r}")
+    if (w != 0 or interval) and num_classes is None:
+        raise ValueError("config.sampler.guidance_scale / guidance_interval need a "
+                         "class-conditional model: set config.model.num_classes (e.g. "
+                         "configs/ddpm_digits.py:conditional)")
+    if sc.inpaint:
+        caps = process.capabilities
+        _check(not (caps.latent_state or caps.learned_params),
+               f"config.sampler.inpaint is not supported for the {spec.process.name!r} process, "
+               f"whose state is a learned encoding of x_0 (no known part can be kept)")
+        try:
+            conditional_lib.check_inpaint(sc.inpaint, tokens=caps.tokens,
+                                          seq_len=getattr(process, "seq_len", None))
+        except ValueError as e:
+            raise ValueError(f"config.sampler.{e}") from None
+    if (num_classes is not None or sc.inpaint) and sc.variance != "fixed_small":
+        raise ValueError(f"config.sampler.variance={sc.variance!r} is not supported with "
+                         f"guidance or inpainting (its variances are of the unconditional "
+                         f"model); use fixed_small")
+
+
 def validate(spec: Spec) -> None:
     """Raises ValueError naming the config field for every bad value seen without running."""
     process = _validate_process_and_samplers(spec)
@@ -269,6 +306,7 @@ def validate(spec: Spec) -> None:
     if spec.sampler.variance in variance.MONTE_CARLO_VARIANCES:
         parallel.check_divisible(spec.variance.mc_batch_size, mesh,
                                  "config.variance.mc_batch_size")
+    _validate_conditioning(spec, process)
 
 
 def head_train_spec(spec: Spec) -> TrainSpec:
