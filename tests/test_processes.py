@@ -51,6 +51,13 @@ def test_every_process_satisfies_the_contract(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_token_processes_state_their_sequence_length_and_vocabulary(name):
+    process = PROCESSES.get(name)(**KWARGS[name])
+    if process.capabilities.tokens:
+        assert (process.seq_len, process.vocab_size) == (SEQ_LEN, VOCAB), name
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_isotropic_prior_is_prior_std_times_a_standard_normal(name):
     """The flag promises `prior_std` and prior(key, shape) = prior_std * N(0, I) of the state."""
     process = PROCESSES.get(name)(**KWARGS[name])

@@ -265,7 +265,7 @@ def _validate_conditioning(spec: Spec, process) -> None:
                f"whose state is a learned encoding of x_0 (no known part can be kept)")
         try:
             conditional_lib.check_inpaint(sc.inpaint, tokens=caps.tokens,
-                                          seq_len=getattr(process, "seq_len", None))
+                                          seq_len=process.seq_len if caps.tokens else None)
         except ValueError as e:
             raise ValueError(f"config.sampler.{e}") from None
     if (num_classes is not None or sc.inpaint) and sc.variance != "fixed_small":

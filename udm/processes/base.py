@@ -31,7 +31,8 @@ class Capabilities:
 
     Attributes:
       continuous_time: times are floats in [t_min, 1] (an SDE); otherwise integers 0..T.
-      tokens: the data are token ids [B, l] and the network outputs logits over the vocabulary.
+      tokens: the data are token ids [B, l] and the network outputs logits over the vocabulary;
+        the process has the ints `seq_len` (l) and `vocab_size` (V, the data's vocabulary).
       gaussian_marginals: p(x_t | x_0) = N(alpha_bar_t x_0, beta_bar_t^2 I); the process has
         `marginal(t) -> (alpha_bar_t, beta_bar_t)`, so scores and the SDE / ODE solvers apply.
       ddpm_variance: the process has `ddpm_sigma_tilde(t, s)`, DDPM's fresh-noise fraction, so

@@ -113,11 +113,11 @@ def _check_process(process, space: str, reveal: bool, mask) -> Optional[int]:
         raise ValueError(f"space={space!r} does not fit the {type(process).__name__}, whose "
                          f"predictor returns {'logits' if caps.tokens else 'x_0 estimates'}: "
                          f"use space={want!r}")
-    seq_len = getattr(process, "seq_len", None) if caps.tokens else None
+    seq_len = process.seq_len if caps.tokens else None
     if seq_len is not None and mask.shape[-1] not in (1, seq_len):
         raise ValueError(f"mask {mask.shape} must end with the sequence length l={seq_len} "
                          f"(or 1)")
-    return getattr(process, "vocab_size", None) if caps.tokens else None
+    return process.vocab_size if caps.tokens else None
 
 
 def _broadcast(name: str, target_shape, mask, known):
