@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from udm.entropy import entropy, entropy_normalize, newton_trace, sample_with_entropy
+from udm.entropy import (entropy, entropy_normalize, newton_trace, sample_with_entropy,
+                         sum_tolerance)
 
 
 def _entropy64(p):
@@ -226,6 +227,48 @@ def test_errors_eager():
         entropy_normalize(0.5)
     # The boundary itself (log n, float32-rounded) is accepted.
     entropy_normalize(jnp.log(jnp.float32(100.0)), probs=p)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(probs=[[0.5, 0.5, 0.0], [0.5, np.nan, 0.5]]),
+     r"probs contain NaN in row \(1,\); probabilities must be finite"),
+    (dict(probs=[[0.5, np.inf, 0.5]]), r"probs contain inf in row \(0,\)"),
+    (dict(logits=[[0.0, 1.0], [np.nan, 1.0]]), r"logits contain NaN in row \(1,\); logits "
+                                               r"must be finite or -inf"),
+    (dict(logits=[[0.0, np.inf]]), r"logits contain inf in row \(0,\)"),
+    (dict(logits=[[0.0, 1.0]], target=np.nan), "target_entropy must be finite, got nan"),
+    (dict(logits=[[0.0, 1.0]], target=[0.5, np.inf]), "target_entropy must be finite, got inf"),
+])
+def test_non_finite_inputs_are_named(kwargs, message):
+    """NaN used to be read as a zero probability (and renormalised away), a NaN target gave NaN
+    rows, and NaN / inf logits were reported as rows without support."""
+    kwargs = dict(kwargs)
+    target = kwargs.pop("target", 0.5)
+    kwargs = {k: np.asarray(v, np.float32) for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=message):
+        entropy_normalize(target, **kwargs)
+
+
+def test_minus_inf_logits_and_masked_nan_are_zero_probability():
+    out = entropy_normalize(0.3, logits=np.array([[0.0, -np.inf, 1.0]], np.float32))
+    assert out.probs[0, 1] == 0 and abs(float(out.entropy[0]) - 0.3) < 1e-6
+    masked = entropy_normalize(0.3, probs=np.array([[0.4, np.nan, 0.6]], np.float32),
+                               where=np.array([True, False, True]))
+    assert masked.probs[0, 1] == 0 and abs(float(masked.entropy[0]) - 0.3) < 1e-6
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(jnp.float32, 1e-4), (jnp.bfloat16, 2 ** -5),
+                                             (jnp.float16, 2 ** -8)])
+def test_sum_tolerance_follows_the_dtype_and_low_precision_rows_are_solved_in_float32(
+        dtype, tolerance):
+    assert sum_tolerance(dtype) == pytest.approx(tolerance)
+    p = jnp.asarray([[0.3, 0.3, 0.4]], dtype)   # bfloat16: sums to 1.00195, not within 1e-4
+    out = entropy_normalize(0.9, probs=p)
+    assert out.probs.dtype == dtype and abs(float(out.entropy[0]) - 0.9) < 1e-5
+    exact = entropy_normalize(0.9, probs=np.asarray([[0.3, 0.3, 0.4]], np.float64)).probs
+    np.testing.assert_allclose(np.asarray(out.probs, np.float64), exact, rtol=2 * tolerance)
+    with pytest.raises(ValueError, match=f"within {sum_tolerance(dtype):g} for"):
+        entropy_normalize(0.9, probs=jnp.asarray([[0.3, 0.3, 0.3]], dtype))
 
 
 def test_no_nan_under_jit():

@@ -202,6 +202,13 @@ def test_ngram_probabilities_sum_to_one_and_agree_with_log_prob(lee, n):
     padded = [bos] * (n - 1) + x.tolist()
     steps = [model.conditional_probs(np.array([padded[i:i + n - 1]], dtype=np.int64))[0, x[i]] for i in range(len(x))]
     np.testing.assert_allclose(model.log_prob(x[None]), [np.sum(np.log(steps))], rtol=1e-10)
+    # the per-token terms, and the perplexity of a span: its terms only, contexts reaching back
+    np.testing.assert_allclose(model.token_log_probs(x[None])[0], np.log(steps), rtol=1e-10)
+    np.testing.assert_allclose(model.span_perplexity(x[None], 20),
+                               np.exp(-np.mean(np.log(steps[20:]))), rtol=1e-10)
+    assert model.span_perplexity(x[None], 0) == pytest.approx(model.perplexity(x[None]))
+    with pytest.raises(ValueError, match=r"start must be in \[0, l=32\)"):
+        model.span_perplexity(x[None], 32)
 
 
 def test_uniform_data_has_perplexity_vocab_size():

@@ -65,8 +65,8 @@ def _row_log_probs(probs, logits, where, axis: int, normalize: bool) -> Array:
     if (probs is None) == (logits is None):
         raise ValueError("pass exactly one of `probs` and `logits`")
     x = jnp.asarray(probs if probs is not None else logits)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
+    if not jnp.issubdtype(x.dtype, jnp.floating) or jnp.finfo(x.dtype).bits < 32:
+        x = x.astype(jnp.float32)  # bfloat16 / float16 rows are solved in float32
     where = None if where is None else jnp.asarray(where, bool)
     return _log_probs_jit(x, where, axis=axis, from_probs=probs is not None, normalize=normalize)
 
@@ -230,23 +230,65 @@ def _check_concrete(log_p, target) -> None:
                 f"(the lower end is log of the number of entries tied at the maximum)")
 
 
+def sum_tolerance(dtype) -> float:
+    """How far from one a row of probabilities of `dtype` may sum: _SUM_TOLERANCE, or four
+    units of the dtype's rounding where that is coarser (bfloat16 0.031, float16 0.0039)."""
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return _SUM_TOLERANCE
+    return max(_SUM_TOLERANCE, 4.0 * float(jnp.finfo(dtype).eps))
+
+
+def _valid(values: np.ndarray, where, axis) -> np.ndarray:
+    """bool, True at the entries `where` keeps (all of them without a mask), category axis last."""
+    if where is None:
+        return np.ones(values.shape, bool)
+    return np.broadcast_to(np.moveaxis(np.asarray(where, bool), axis, -1), values.shape)
+
+
+def _first_row(bad: np.ndarray) -> tuple:
+    return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+def _check_finite(target_entropy, probs, logits, where, axis) -> None:
+    """Eager: NaN / inf named where they are (probs: any; logits: NaN or +inf, since -inf is a
+    zero probability; the target: any), instead of being read as zeros or giving NaN rows."""
+    target = np.asarray(target_entropy, np.float64)
+    if not np.all(np.isfinite(target)):
+        bad = target[~np.isfinite(target)].flat[0]
+        raise ValueError(f"target_entropy must be finite, got {bad}")
+    name, x = ("probs", probs) if probs is not None else ("logits", logits)
+    values = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+    bad = (np.isnan(values) | (np.isinf(values) if name == "probs" else values == np.inf))
+    bad &= _valid(values, where, axis)
+    if np.any(bad):
+        row = _first_row(bad.any(axis=-1))
+        what = ", ".join(sorted({"NaN" if np.isnan(v) else str(v) for v in values[row][bad[row]]}))
+        raise ValueError(f"{name} contain {what} in row {row}; "
+                         + ("probabilities must be finite" if name == "probs" else
+                            "logits must be finite or -inf (zero probability)"))
+
+
 def _check_sums(probs, where, axis) -> None:
+    tolerance = sum_tolerance(jnp.asarray(probs).dtype)
     p = np.moveaxis(np.asarray(probs, np.float64), axis, -1)
     if np.any(p < 0):
         raise ValueError("probs must be non-negative")
-    if where is not None:
-        p = np.where(np.broadcast_to(np.moveaxis(np.asarray(where, bool), axis, -1), p.shape),
-                     p, 0.0)
+    p = np.where(_valid(p, where, axis), p, 0.0)
     sums = np.sum(p, axis=-1)
-    bad = np.abs(sums - 1.0) > _SUM_TOLERANCE
+    bad = np.abs(sums - 1.0) > tolerance
     if np.any(bad):
-        row = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"rows of probs must sum to one (within {_SUM_TOLERANCE:g}) over the "
-                         f"valid entries; row {row} sums to {sums[row]:.8g}")
+        row = _first_row(bad)
+        raise ValueError(f"rows of probs must sum to one (within {tolerance:g} for "
+                         f"{jnp.asarray(probs).dtype}) over the valid entries; row {row} sums "
+                         f"to {sums[row]:.8g}")
 
 
 def _prepare(target_entropy, probs, logits, where, axis):
     """Shared front end: flattened [B, n] log-probs, [B] targets, eager checks when concrete."""
+    x = probs if probs is not None else logits
+    if x is not None and _is_concrete(x, where, target_entropy):
+        _check_finite(target_entropy, probs, logits, where, axis)
     if probs is not None and _is_concrete(probs, where):
         _check_sums(probs, where, axis)
     log_p = _row_log_probs(probs, logits, where, axis, normalize=True)
@@ -332,8 +374,9 @@ def entropy_normalize(target_entropy, *, probs: Optional[Array] = None,
     root, by the implicit function theorem, not of the truncated iteration; "one_step" is
     differentiated as written. Both work under jit, vmap and grad.
 
-    Errors: with concrete inputs, raises ValueError for rows of `probs` not summing to one
-    (within 1e-4) or with negative entries, rows without support, and targets outside the
+    Errors: with concrete inputs, raises ValueError for NaN or inf in `probs`, NaN or +inf in
+    `logits` (-inf is a zero probability), a non-finite target, rows of `probs` not summing to
+    one (within 1e-4, or 4 eps of a coarser dtype: `sum_tolerance`) or with negative entries, rows without support, and targets outside the
     reachable range [log #(entries tied at the max), log #(nonzero entries)] (a uniform row's
     range is the single point log #support). Under jit nothing can be raised: the target is
     clipped to that range, so a uniform row comes back unchanged with exponent 1, and the
@@ -358,9 +401,13 @@ def entropy_normalize(target_entropy, *, probs: Optional[Array] = None,
     log_q, exponent, iterations, h = _normalize_rows(log_p, target, tol=tol, max_iter=max_iter,
                                                      method=method, gamma_clip=tuple(gamma_clip))
     log_q = jnp.moveaxis(log_q.reshape(*batch_shape, -1), -1, axis)
+    # A low-precision input (solved in float32) gets its probabilities back in its own dtype.
+    in_dtype = jnp.asarray(probs if probs is not None else logits).dtype
+    out_dtype = in_dtype if jnp.issubdtype(in_dtype, jnp.floating) else log_q.dtype
     return EntropyNormalized(
-            log_probs=log_q, probs=jnp.exp(log_q), exponent=exponent.reshape(batch_shape),
-            iterations=iterations.reshape(batch_shape), entropy=h.reshape(batch_shape))
+            log_probs=log_q.astype(out_dtype), probs=jnp.exp(log_q).astype(out_dtype),
+            exponent=exponent.reshape(batch_shape), iterations=iterations.reshape(batch_shape),
+            entropy=h.reshape(batch_shape))
 
 
 def newton_trace(target_entropy, *, probs: Optional[Array] = None,

@@ -89,11 +89,23 @@ class NGramModel:
         total = _lookup(self.context_ids, self.context_counts, context_ids)
         return (joint + self.k) / (total + self.k * self.vocab_size)
 
-    def log_prob(self, sequences) -> np.ndarray:
-        """log p(x) = sum_i log p(x_i | x_{i-n+1:i}) in nats for each sequence: int [N, l] -> float64 [N]."""
+    def token_log_probs(self, sequences) -> np.ndarray:
+        """log p(x_i | x_{i-n+1:i}) in nats of every token: int [N, l] -> float64 [N, l]."""
         sequences = _check_sequences("sequences", sequences, self.vocab_size)
         contexts, tokens = _contexts_and_tokens(sequences, self.vocab_size, self.n)
-        return np.log(self._probs(contexts, tokens)).sum(axis=1)
+        return np.log(self._probs(contexts, tokens))
+
+    def log_prob(self, sequences) -> np.ndarray:
+        """log p(x) = sum_i log p(x_i | x_{i-n+1:i}) in nats for each sequence: int [N, l] -> float64 [N]."""
+        return self.token_log_probs(sequences).sum(axis=1)
+
+    def span_perplexity(self, sequences, start: int) -> float:
+        """Per-token perplexity of positions start..l-1 only, each given its n - 1 tokens before
+        (which may lie before start): how well an infilled span continues its known prefix."""
+        log_probs = self.token_log_probs(sequences)
+        if not 0 <= start < log_probs.shape[1]:
+            raise ValueError(f"start must be in [0, l={log_probs.shape[1]}), got {start}")
+        return float(np.exp(-log_probs[:, start:].mean()))
 
     def perplexity(self, sequences) -> float:
         """exp(-(1 / (N l)) sum log p(x)): per-token perplexity, V for a uniform model, 1 at best."""
