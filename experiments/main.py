@@ -13,10 +13,13 @@ all their devices together (see experiments/launch_local.py for a loopback run):
 The three flags may come from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID
 instead; --coordinator_address=auto detects a Cloud TPU pod, SLURM or Open MPI job.
 """
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from udm import distributed
+from udm.pipeline import guard
 from udm.pipeline.spec import from_config
 from udm.pipeline.train import train_and_evaluate
 
@@ -38,7 +41,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     distributed.initialize_from_flags_or_env(_COORDINATOR.value, _NUM_PROCESSES.value,
                                              _PROCESS_ID.value)
-    train_and_evaluate(from_config(_CONFIG.value), _WORKDIR.value)
+    try:
+        train_and_evaluate(from_config(_CONFIG.value), _WORKDIR.value)
+    except guard.Stopped as stopped:  # SIGTERM / Ctrl-C: the step is checkpointed, said so
+        sys.exit(stopped.exit_code)
 
 
 if __name__ == "__main__":

@@ -128,8 +128,11 @@ def test_reproduce_conditional_smoke(tmp_path):
     assert len(inpainting) == 6 and all(r["known_changed"] == 0.0 for r in inpainting
                                         if r["method"] != "correct step" or "DDIM" in r["process"])
     assert all(np.isfinite(r["known_changed"]) for r in inpainting)
-    assert {r["process"] for r in result["infilling"]} == {"masking", "edit v2",
-                                                           "D3PM absorbing", "D3PM uniform"}
+    for part in ("infilling", "lee"):
+        assert list(dict.fromkeys(r["process"] for r in result[part])) == [
+            "masking", "edit v2", "D3PM absorbing", "D3PM uniform"]
+    assert all(0 <= r["filled"] <= 1 for r in result["infilling"])
+    assert all(1 <= r["filled"] <= 41 and r["known"] == 16 for r in result["lee"])
     for name in ("conditional_guidance.png", "conditional_inpainting.png", "conditional.md"):
         assert (tmp_path / name).exists()
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -22,6 +22,7 @@ from udm import losses, variance_heads
 from udm.nn import TokenDenoiser, UNet, VarianceHead, count_params
 from udm.processes import base as process_base
 from udm.pipeline import evaluate as eval_lib
+from udm.pipeline import guard
 from udm.pipeline.spec import Spec, TrainSpec, head_train_spec, make_process
 
 PyTree = Any
@@ -162,15 +163,24 @@ class MetricWriter:
 
     With enabled=False (every process but the first of a multi-process run) nothing is opened
     or written: all processes hold the same replicated metrics, one copy is enough.
+
+    resume_step: the step training restarts from. What was logged after it (steps the run will
+    do again, since their checkpoint was never written) is dropped, so every step appears once
+    and matches the checkpoint: metrics.jsonl is rewritten without those rows (and without a
+    line cut short by a crash), TensorBoard hides their events (tensorboardX's purge_step).
     """
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
+    def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int = 0):
         self._enabled = enabled
         if not enabled:
             return
         from tensorboardX import SummaryWriter
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(path):
+            _truncate_metrics(path, resume_step)
+        self._jsonl = open(path, "a")
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                 purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, step: int, metrics: Dict[str, float]) -> None:
         if not self._enabled:
@@ -186,6 +196,26 @@ class MetricWriter:
             return
         self._jsonl.close()
         self._tb.close()
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+    """Rewrites metrics.jsonl (atomically) with only the complete rows of steps <= last_step."""
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+                keep = line.endswith("\n") and int(row["step"]) <= last_step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line)
+            else:
+                dropped += 1
+    if dropped:
+        with open(path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(path + ".tmp", path)
 
 
 # --- the entry points ------------------------------------------------------------------------
@@ -281,24 +311,55 @@ def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimiz
     # Shapes and shardings of the state, without computing it yet.
     abstract = jax.eval_shape(init, init_key)
     state_sharding = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                         max_to_keep=train_spec.keep_checkpoints)
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        checkpointer.check_compatible(latest, abstract.params)  # before anything is written
+    restore_target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
+    directory = os.path.join(workdir, "checkpoints")
 
+    def open_checkpointer():
+        return ckpt_lib.Checkpointer(directory, max_to_keep=train_spec.keep_checkpoints)
+
+    def restore(checkpointer, step):
+        checkpointer.check_compatible(step, abstract.params)  # ShapeMismatchError propagates
+        return checkpointer.restore(step, restore_target)
+
+    _refuse_other_shapes(open_checkpointer, abstract.params)  # before anything is written
+    with guard.workdir_lock(workdir), guard.StopSignals() as stop:
+        checkpointer, state, latest = guard.restore_newest_intact(
+            open_checkpointer, restore, keep_errors=(ckpt_lib.ShapeMismatchError,))
+        return _fit_loop(train_spec, workdir, checkpointer, stop, state=state, latest=latest,
+                         init=init, init_key=init_key, state_sharding=state_sharding,
+                         loss_fn=loss_fn, optimizer=optimizer, train_key=train_key, mesh=mesh,
+                         data=data, seed=seed, record=record, desc=desc, labels=labels)
+
+
+def _refuse_other_shapes(open_checkpointer, params) -> None:
+    """ShapeMismatchError if the newest checkpoint is of another model (read-only; a checkpoint
+    that cannot be read at all is left to `guard.restore_newest_intact`)."""
+    checkpointer = open_checkpointer()
+    try:
+        latest = checkpointer.latest_step()
+        if latest is not None:
+            checkpointer.check_compatible(latest, params)
+    except ckpt_lib.ShapeMismatchError:
+        raise
+    except Exception:  # noqa: BLE001 - unreadable: healed under the workdir lock
+        pass
+    finally:
+        checkpointer.close()
+
+
+def _fit_loop(train_spec: TrainSpec, workdir: str, checkpointer, stop, *, state, latest, init,
+              init_key, state_sharding, loss_fn, optimizer, train_key, mesh, data, seed, record,
+              desc, labels) -> TrainState:
+    """`fit` after the restore: under the workdir lock and the stop signals."""
     os.makedirs(workdir, exist_ok=True)
     primary = distributed.is_primary()
     if latest is None:
         state = jax.jit(init, out_shardings=state_sharding)(init_key)
         if primary:
             print(f"udm: new run in {workdir}; model has {count_params(state.params):,} parameters")
-    else:
-        restore_target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
-        state = checkpointer.restore(latest, restore_target)
-        if primary:
-            print(f"udm: resumed from step {latest} in {workdir}")
+    elif primary:
+        print(f"udm: resumed from step {latest} in {workdir}")
 
     batch_shardings = (parallel.batch_sharded(mesh),) * (1 if labels is None else 2)
     train_step = jax.jit(
@@ -310,7 +371,7 @@ def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimiz
 
     start = int(state.step)
     num_steps = train_spec.num_steps
-    writer = MetricWriter(workdir, enabled=primary)
+    writer = MetricWriter(workdir, enabled=primary, resume_step=start)
     # This process's rows of every global batch: all of it with one process.
     rows = parallel.process_rows(train_spec.batch_size, mesh)
     pending = []
@@ -332,7 +393,9 @@ def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimiz
             if done % _SYNC_EVERY == 0:
                 # Cheap steps dispatched far ahead can stall fake-device all-reduces: block.
                 jax.block_until_ready(metrics["loss"])
-            save_now = done % train_spec.checkpoint_every == 0 or done == num_steps
+            stop_signal = stop.should_stop(done)
+            save_now = (done % train_spec.checkpoint_every == 0 or done == num_steps
+                        or stop_signal is not None)
             if done % train_spec.log_every == 0 or save_now:
                 # Blocking here every few steps also keeps fake-device all-reduces in step.
                 host = jax.device_get(pending)
@@ -352,6 +415,12 @@ def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimiz
                 bar.set_postfix(loss=f"{summary['loss']:.4f}")
                 if save_now:
                     checkpointer.save(done, state, record)
+            if stop_signal is not None:
+                bar.close()
+                error = guard.Stopped(stop_signal, done, checkpointer.directory)
+                if primary:
+                    print(f"udm: {error}", flush=True)
+                raise error
         bar.close()
     finally:
         writer.close()
@@ -461,6 +530,11 @@ def train_and_evaluate(spec: Spec, workdir: str) -> Dict[str, Any]:
     the variance head into workdir/variance_head/ after the mean model. Returns the
     evaluation results (see udm.pipeline.evaluate).
     """
+    with guard.workdir_lock(workdir):  # one run per workdir, evaluation included
+        return _train_and_evaluate(spec, workdir)
+
+
+def _train_and_evaluate(spec: Spec, workdir: str) -> Dict[str, Any]:
     exp = build(spec)
     state = train(spec, workdir, experiment=exp)
     head = None
