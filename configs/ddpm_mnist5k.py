@@ -13,7 +13,9 @@ held-out accuracy 0.978) and 300 samples per row at about 0.75 s per network eva
 the 304-image batch; its step counts stop at 250 (620 evaluations for ddpm and ddim), since
 K = 1000 would add about 25 minutes.
 
-`--config=configs/ddpm_mnist5k.py:smoke` selects a variant that runs end to end in about a minute.
+`--config=configs/ddpm_mnist5k.py:smoke` selects a variant that runs end to end in about a minute;
+`:conditional` trains on the labels with label dropout 0.1 (classifier-free guidance,
+docs/guidance.md).
 """
 from configs import base
 
@@ -29,8 +31,13 @@ def get_config(variant: str = ""):
     c.train.checkpoint_every = 1000
     c.train.log_every = 100
     c.eval.step_counts = (10, 50, 250)
-    if variant == "smoke":
+    tokens = [t for t in variant.split(",") if t]
+    if any(t not in ("smoke", "conditional") for t in tokens) or len(set(tokens)) != len(tokens):
+        raise ValueError(f"unknown variant {variant!r} of ddpm_mnist5k; valid: smoke, "
+                         f"conditional, or conditional,smoke")
+    if "conditional" in tokens:
+        c.model.num_classes = 10     # digits 0-9; label 10 is the null label
+        c.train.label_dropout = 0.1
+    if "smoke" in tokens:
         base.apply_image_smoke(c)
-    elif variant:
-        raise ValueError(f"unknown variant {variant!r} of ddpm_mnist5k; valid: smoke")
     return c

@@ -1,6 +1,6 @@
 """Conditional generation on the digits and the arithmetic language: guidance and inpainting.
 
-Three tables, each through the pipeline's conditioned sampler (config.sampler.guidance_scale,
+Four tables, each through the pipeline's conditioned sampler (config.sampler.guidance_scale,
 config.sampler.inpaint; docs/guidance.md, docs/inpainting.md):
 
 1. Guidance: the class-conditional digits model (configs/ddpm_digits.py:conditional, label
@@ -16,13 +16,16 @@ config.sampler.inpaint; docs/guidance.md, docs/inpainting.md):
 3. Arithmetic infilling: given "ab+cd=" of held-out equations, the masking, edit (v2), D3PM
    absorbing and D3PM uniform models fill in the sum ("prefix:6"): the fraction of exact sums at
    each step count of the model's config, against the unconditional validity.
+4. English infilling: the same four processes on the Lee corpus complete the second half of
+   held-out 32-character windows ("prefix:16"): the 3-gram perplexity of the filled characters,
+   against the same positions of unconditional samples and of the real windows.
 
   python -m experiments.reproduce_conditional --workdir=workdir
   python -m experiments.reproduce_conditional --smoke --workdir=/tmp/conditional   # tiny models
 
 Models live in <workdir>/<model> with the names of experiments.reproduce_udm_examples (so its
 trained models are reused) and <workdir>/ddpm_digits_conditional; training resumes from
-checkpoints and every finished cell is kept in <workdir>/conditional_cells.json. Writes
+checkpoints and every finished cell is kept in <workdir>/conditional_cells_<table>.json. Writes
 experiments/results/conditional.{md,json} and conditional_guidance.png,
 conditional_inpainting.png (or into the workdir with --smoke).
 """
@@ -33,7 +36,7 @@ from typing import Dict, List
 import numpy as np
 from absl import app, flags
 
-from configs import cold_digits, ddpm_digits, heat_digits, token_base
+from configs import cold_digits, ddpm_digits, ddpm_mnist5k, heat_digits, token_base
 from experiments.common import write_json
 from udm import metrics
 from udm.pipeline import conditional
@@ -43,8 +46,10 @@ from udm.pipeline import train
 from udm.pipeline.classifier import load_or_train_classifier
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Parent of the per-model workdirs.")
-_PARTS = flags.DEFINE_list("parts", ["guidance", "inpainting", "infilling"], "Tables to make.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 500, "Samples per image row.")
+_PARTS = flags.DEFINE_list("parts", ["guidance", "guidance_mnist5k", "inpainting",
+                                     "infilling", "lee"], "Tables to make.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 500, "Samples per image row (digits).")
+_MNIST_SAMPLES = flags.DEFINE_integer("mnist_samples", 300, "Samples per MNIST row.")
 _SCALES = flags.DEFINE_list("scales", ["0", "1", "2", "4"], "Guidance scales.")
 _ARITHMETIC_STEPS = flags.DEFINE_integer("arithmetic_train_steps", 20000,
                                          "Training steps of the arithmetic models.")
@@ -106,10 +111,11 @@ def _per_class_fd(features, labels, reference, reference_labels) -> float:
                           for c in np.unique(reference_labels)]))
 
 
-def guidance_table(cells: Cells, n: int, out_dir: str) -> List[Dict]:
-    model = Model(ddpm_digits.get_config(_variant("conditional")), "ddpm_digits_conditional")
+def guidance_table(cells: Cells, n: int, out_dir: str, dataset: str = "digits") -> List[Dict]:
+    module = {"digits": ddpm_digits, "mnist5k": ddpm_mnist5k}[dataset]
+    model = Model(module.get_config(_variant("conditional")), f"ddpm_{dataset}_conditional")
     data = model.exp.dataset
-    classifier = load_or_train_classifier(os.path.join(model.workdir, "classifier"), data,
+    classifier = load_or_train_classifier(os.path.join(_WORKDIR.value, "classifiers"), data,
                                           seed=model.spec.seed,
                                           num_steps=model.spec.eval.classifier_steps)
     reference = classifier.features(data.test_images)
@@ -129,7 +135,8 @@ def guidance_table(cells: Cells, n: int, out_dir: str) -> List[Dict]:
             per_class_fd=_per_class_fd(features, conditions.labels, reference, data.test_labels),
             histogram_entropy=metrics.class_statistics(probs)["histogram_entropy_nats"])
 
-    rows = [cells.get(f"guidance/{name}/{k}/{scale}", lambda: cell(label, name, k, scale))
+    rows = [cells.get(f"guidance/{dataset}/{name}/{k}/{scale}",
+                      lambda: cell(label, name, k, scale))
             for label, name, k in GUIDED_SAMPLERS for scale in map(float, _SCALES.value)]
     if grids:  # written only when the DDIM cells were sampled in this run
         import matplotlib.pyplot as plt
@@ -139,7 +146,8 @@ def guidance_table(cells: Cells, n: int, out_dir: str) -> List[Dict]:
             ax.set_title(f"guidance scale {scale:g}")
             ax.axis("off")
         fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "conditional_guidance.png"), dpi=120)
+        suffix = "" if dataset == "digits" else f"_{dataset}"
+        fig.savefig(os.path.join(out_dir, f"conditional_guidance{suffix}.png"), dpi=120)
         plt.close(fig)
     return rows
 
@@ -150,7 +158,7 @@ def inpainting_table(cells: Cells, n: int, out_dir: str) -> List[Dict]:
         k = 5 if _SMOKE.value else k
         model = Model(module.get_config(_variant()), name)
         data = model.exp.dataset
-        classifier = load_or_train_classifier(os.path.join(model.workdir, "classifier"), data,
+        classifier = load_or_train_classifier(os.path.join(_WORKDIR.value, "classifiers"), data,
                                               seed=model.spec.seed,
                                               num_steps=model.spec.eval.classifier_steps)
         reference = classifier.features(data.test_images)
@@ -190,26 +198,41 @@ def inpainting_table(cells: Cells, n: int, out_dir: str) -> List[Dict]:
     return rows
 
 
-def infilling_table(cells: Cells) -> List[Dict]:
+def infilling_table(cells: Cells, data_name: str) -> List[Dict]:
+    """Arithmetic: exact sums of "ab+cd=" completions. Lee: 3-gram perplexity of the second
+    half of 32-character windows given the first (held-out windows), under the model of the
+    held-out text; beside each, the same figure of unconditional samples."""
     rows = []
     for label, process in TEXT_MODELS:
-        config = token_base.get_config(process, "arithmetic", _variant())
-        if not _SMOKE.value:
+        config = token_base.get_config(process, data_name, _variant())
+        if not _SMOKE.value and data_name == "arithmetic":
             config.train.num_steps = _ARITHMETIC_STEPS.value
-        model = Model(config, f"{process}_arithmetic")
+        model = Model(config, f"{process}_{data_name}")
         data = model.exp.dataset
-        n = min(512, len(data.test_tokens))
+        n = min(40 if _SMOKE.value else 512, len(data.test_tokens))
+        known = 6 if data_name == "arithmetic" else data.seq_len // 2
         reference = metrics.fit_reference_model(data)
 
-        def validity(k, inpaint):
+        def figure(k, inpaint):
             samples, _ = model.sample(n, num_steps=k, inpaint=inpaint)
-            return metrics.text_report(samples, data, reference, seed=0)["validity"]
+            if data_name == "arithmetic":
+                return metrics.text_report(samples, data, reference, seed=0)["validity"]
+            return reference.span_perplexity(samples, known)
 
         for k in model.spec.eval.step_counts:
-            rows.append(cells.get(f"infilling/{process}/{k}", lambda: dict(
+            rows.append(cells.get(f"infilling/{data_name}/{process}/{k}", lambda: dict(
                 process=label, sampler=model.spec.sampler.name, steps=k, samples=n,
-                filled_exact=validity(k, "prefix:6"), unconditional_validity=validity(k, ""))))
+                known=known, filled=figure(k, f"prefix:{known}"), unconditional=figure(k, ""),
+                real=(None if data_name == "arithmetic" else
+                      reference.span_perplexity(data.test_tokens[:n], known)))))
     return rows
+
+
+_GUIDANCE_COLUMNS = [
+    ("sampler", "sampler", "{}"), ("steps", "steps", "{}"), ("guidance scale", "scale", "{:g}"),
+    ("accuracy of the requested class ↑", "accuracy", "{:.3f}"), ("FD ↓", "fd", "{:.2f}"),
+    ("per-class FD ↓", "per_class_fd", "{:.2f}"),
+    ("class-histogram entropy (max 2.303)", "histogram_entropy", "{:.3f}")]
 
 
 def _table(rows, columns) -> str:
@@ -224,27 +247,33 @@ def main(argv):
     out = os.path.join(_WORKDIR.value, "conditional") if _SMOKE.value else _OUT.value
     out_dir = os.path.dirname(out) or "."
     os.makedirs(out_dir, exist_ok=True)
-    cells = Cells(os.path.join(_WORKDIR.value, "conditional_cells.json"))
+
+    def cells(part):  # one file per table, so that tables can be made by parallel runs
+        return Cells(os.path.join(_WORKDIR.value, f"conditional_cells_{part}.json"))
+
     n = 40 if _SMOKE.value else _NUM_SAMPLES.value
     command = "python -m experiments.reproduce_conditional" + (" --smoke" if _SMOKE.value else "")
     text, payload = [f"Made by `{command}`."], {}
     if "guidance" in _PARTS.value:
-        payload["guidance"] = rows = guidance_table(cells, n, out_dir)
+        payload["guidance"] = rows = guidance_table(cells("guidance"), n, out_dir)
         text += [f"## Classifier-free guidance on the digits\n\n{n} samples per row, sample i "
                  f"asked for class i mod 10, the same x_T in every row; FD against the held-out "
                  f"digits in the evaluation classifier's features; per-class FD: the mean over "
                  f"the ten classes of the FD between the samples of a class and the held-out "
                  f"digits of that class. Grid: `conditional_guidance.png` (DDIM, a row per "
                  f"class).",
-                 _table(rows, [("sampler", "sampler", "{}"), ("steps", "steps", "{}"),
-                               ("guidance scale", "scale", "{:g}"),
-                               ("accuracy of the requested class ↑", "accuracy", "{:.3f}"),
-                               ("FD ↓", "fd", "{:.2f}"),
-                               ("per-class FD ↓", "per_class_fd", "{:.2f}"),
-                               ("class-histogram entropy (max 2.303)", "histogram_entropy",
-                                "{:.3f}")])]
+                 _table(rows, _GUIDANCE_COLUMNS)]
+    if "guidance_mnist5k" in _PARTS.value:
+        n_mnist = n if _SMOKE.value else _MNIST_SAMPLES.value
+        payload["guidance_mnist5k"] = rows = guidance_table(cells("guidance_mnist5k"), n_mnist,
+                                                            out_dir, "mnist5k")
+        text += [f"## Classifier-free guidance on MNIST (mnist5k)\n\nThe same on the 28x28 "
+                 f"digits: configs/ddpm_mnist5k.py:conditional, {n_mnist} samples "
+                 f"per row, scored in the features of the mnist5k evaluation classifier. Grid: "
+                 f"`conditional_guidance_mnist5k.png`.",
+                 _table(rows, _GUIDANCE_COLUMNS)]
     if "inpainting" in _PARTS.value:
-        payload["inpainting"] = rows = inpainting_table(cells, n, out_dir)
+        payload["inpainting"] = rows = inpainting_table(cells("inpainting"), n, out_dir)
         text += [f"## Inpainting the digits\n\nThe top half of each of {n} held-out digits "
                  f"known (cycling through the held-out set), the bottom half sampled. FD against "
                  f"the held-out digits (which contain the known halves, so it favours every row "
@@ -255,16 +284,28 @@ def main(argv):
                                ("label agreement ↑", "agreement", "{:.3f}"),
                                ("known pixels, mean |change|", "known_changed", "{:.2e}")])]
     if "infilling" in _PARTS.value:
-        payload["infilling"] = rows = infilling_table(cells)
+        payload["infilling"] = rows = infilling_table(cells("infilling"), "arithmetic")
         text += ["## Arithmetic infilling\n\n\"ab+cd=\" of held-out equations known, the sum "
-                 f"filled ({rows[0]['samples']} per row); exact: the fraction of filled "
-                 "equations that are "
-                 "correct. Unconditional validity: the fraction of correct equations among as "
-                 "many unconditional samples of the same model and sampler.",
+                 f"filled ({rows[0]['samples']} per row). Exact: the fraction of filled "
+                 "equations that are correct; unconditional validity: the fraction of correct "
+                 "equations among as many unconditional samples of the same model and sampler.",
                  _table(rows, [("process", "process", "{}"), ("sampler", "sampler", "{}"),
                                ("steps", "steps", "{}"),
-                               ("exact sums, infilled ↑", "filled_exact", "{:.3f}"),
-                               ("valid, unconditional", "unconditional_validity", "{:.3f}")])]
+                               ("exact sums, infilled ↑", "filled", "{:.3f}"),
+                               ("valid, unconditional", "unconditional", "{:.3f}")])]
+    if "lee" in _PARTS.value:
+        payload["lee"] = rows = infilling_table(cells("lee"), "lee")
+        text += [f"## Infilling English (the Lee corpus)\n\nThe first {rows[0]['known']} "
+                 f"characters of held-out {2 * rows[0]['known']}-character windows known, the "
+                 f"rest filled ({rows[0]['samples']} per row); perplexity of the filled "
+                 f"characters under the character 3-gram model of the held-out text, each given "
+                 f"the two characters before it. The same characters of the held-out windows "
+                 f"themselves score {rows[0]['real']:.2f} (lower is likelier; the 3-gram model "
+                 f"was fitted on them).",
+                 _table(rows, [("process", "process", "{}"), ("sampler", "sampler", "{}"),
+                               ("steps", "steps", "{}"),
+                               ("3-gram perplexity, infilled ↓", "filled", "{:.2f}"),
+                               ("same positions, unconditional", "unconditional", "{:.2f}")])]
     with open(out + ".md.tmp", "w") as f:
         f.write("\n\n".join(text) + "\n")
     os.replace(out + ".md.tmp", out + ".md")

@@ -107,7 +107,7 @@ def workdir_lock(workdir: str):
                 os.close(held[0])
 
 
-# --- a clean stop ----------------------------------------------------------------------------------
+# --- a clean stop --------------------------------------------------------------------------------
 
 class StopSignals:
     """Context manager: SIGTERM and SIGINT set `requested` instead of killing the process.
