@@ -3,7 +3,10 @@
   python -m experiments.main --config=configs/ddpm_digits.py --workdir=workdir/digits \
       --config.train.num_steps=2000 --config.sampler.num_steps=50
 
-Running again on the same workdir resumes from its latest checkpoint.
+Running again on the same workdir resumes from its latest checkpoint; --evaluate_only evaluates
+that checkpoint without training. SIGTERM or Ctrl-C checkpoints the current step and exits with
+143 / 130. Errors are one `udm:` line on stderr (exit status 1, 2 for a bad command line);
+--traceback shows the whole traceback instead.
 
 Several processes (hosts) run the same command, each with its rank; they train one model on
 all their devices together (see experiments/launch_local.py for a loopback run):
@@ -18,6 +21,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments.errors import command_line_error, one_line
 from udm import distributed
 from udm.pipeline import guard
 from udm.pipeline.spec import from_config
@@ -26,11 +30,25 @@ from udm.pipeline.train import train_and_evaluate
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
+_EVALUATE_ONLY = flags.DEFINE_bool(
+    "evaluate_only", False, "Evaluate the latest checkpoint in --workdir without training.")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show whole tracebacks, not one-line errors.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0 in a multi-process run, or 'auto'.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's rank, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with a bad flag or config override reported in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as error:  # noqa: BLE001 - every parsing failure is the user's input
+        if "--traceback" in argv:
+            raise
+        print(f"udm: {command_line_error(argv, error)}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv):
@@ -39,13 +57,28 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    distributed.initialize_from_flags_or_env(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                             _PROCESS_ID.value)
     try:
-        train_and_evaluate(from_config(_CONFIG.value), _WORKDIR.value)
+        spec = from_config(_CONFIG.value)
+    except ValueError as error:  # a bad value: the message names the field
+        if _TRACEBACK.value:
+            raise
+        print(f"udm: {one_line(error)}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        distributed.initialize_from_flags_or_env(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                                 _PROCESS_ID.value)
+        train_and_evaluate(spec, _WORKDIR.value, evaluate_only=_EVALUATE_ONLY.value)
     except guard.Stopped as stopped:  # SIGTERM / Ctrl-C: the step is checkpointed, said so
         sys.exit(stopped.exit_code)
+    except Exception as error:  # noqa: BLE001
+        if _TRACEBACK.value:
+            raise
+        expected = isinstance(error, (ValueError, OSError, FloatingPointError,
+                                      guard.WorkdirBusyError, guard.NoIntactCheckpointError))
+        print(f"udm: {one_line(error)}" + ("" if expected else " (--traceback for details)"),
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -293,7 +293,9 @@ def validate(spec: Spec) -> None:
                f"class-conditional model (config.model.num_classes)")
     _check(0.0 <= tc.label_dropout <= 1.0,
            f"config.train.label_dropout must be in [0, 1], got {tc.label_dropout}")
-    _check(tc.num_steps >= 0, f"config.train.num_steps must be >= 0, got {tc.num_steps}")
+    _check(tc.num_steps >= 1, f"config.train.num_steps must be >= 1, got {tc.num_steps} (0 "
+                              f"would evaluate an untrained model; to evaluate the checkpoint in "
+                              f"a workdir without training, pass --evaluate_only)")
     _check(tc.batch_size >= 1, f"config.train.batch_size must be >= 1, got {tc.batch_size}")
     _check(tc.learning_rate > 0, f"config.train.learning_rate must be > 0, got {tc.learning_rate}")
     _check(0.0 <= tc.ema_decay < 1.0, f"config.train.ema_decay must be in [0, 1), got {tc.ema_decay}")

@@ -281,7 +281,7 @@ _SYNC_EVERY = 10  # steps between host waits on the loss, whatever log_every is
 
 def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimizer, train_key, mesh,
         data: np.ndarray, seed: int, record: Dict[str, Any], desc: str = "train",
-        labels: Optional[np.ndarray] = None) -> TrainState:
+        labels: Optional[np.ndarray] = None, evaluate_only: bool = False) -> TrainState:
     """The training loop shared by every stage: resume, step, log, checkpoint, stop on NaN.
 
     Args:
@@ -304,6 +304,8 @@ def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimiz
         labels: None, or int [N] labels of data for a class-conditional loss_fn: each batch's
             labels are taken at the same indices and sharded like the batch, and the step
             calls `loss_fn(params, x0, key=..., labels=...)`.
+        evaluate_only: restore the latest checkpoint and return it without training
+            (FileNotFoundError if workdir holds none).
 
     Returns:
         The TrainState at train_spec.num_steps.
@@ -326,6 +328,15 @@ def fit(train_spec: TrainSpec, workdir: str, *, init, init_key, loss_fn, optimiz
     with guard.workdir_lock(workdir), guard.StopSignals() as stop:
         checkpointer, state, latest = guard.restore_newest_intact(
             open_checkpointer, restore, keep_errors=(ckpt_lib.ShapeMismatchError,))
+        if evaluate_only:
+            checkpointer.close()
+            if latest is None:
+                raise FileNotFoundError(f"evaluate-only: no checkpoint in {directory} to "
+                                        f"evaluate; train first (without --evaluate_only)")
+            if distributed.is_primary():
+                print(f"udm: evaluating the checkpoint of step {latest} in {workdir} "
+                      f"(no training)")
+            return state
         return _fit_loop(train_spec, workdir, checkpointer, stop, state=state, latest=latest,
                          init=init, init_key=init_key, state_sharding=state_sharding,
                          loss_fn=loss_fn, optimizer=optimizer, train_key=train_key, mesh=mesh,
@@ -428,14 +439,15 @@ def _fit_loop(train_spec: TrainSpec, workdir: str, checkpointer, stop, *, state,
     return state
 
 
-def train(spec: Spec, workdir: str, *,
-          experiment: Optional[Experiment] = None) -> TrainState:
+def train(spec: Spec, workdir: str, *, experiment: Optional[Experiment] = None,
+          evaluate_only: bool = False) -> TrainState:
     """Trains to spec.train.num_steps, resuming from the latest checkpoint in workdir.
 
     Writes workdir/checkpoints/, metrics.jsonl and tensorboard/. A checkpoint of another model
     shape is refused before anything is written. A non-finite loss stops
     training with FloatingPointError; the last good checkpoint stays. A class-conditional model
     (config.model.num_classes) trains on the dataset's labels with spec.train.label_dropout.
+    evaluate_only: return the latest checkpoint without training (`fit`).
     """
     exp = build(spec) if experiment is None else experiment
     data = exp.dataset.train_data
@@ -461,7 +473,8 @@ def train(spec: Spec, workdir: str, *,
     return fit(spec.train, workdir, init=init, init_key=exp.init_key, loss_fn=loss_fn,
                optimizer=exp.optimizer, train_key=exp.train_key, mesh=exp.mesh,
                data=data, seed=spec.seed,
-               record=dict(config=spec.record, dataset=exp.dataset.name), labels=labels)
+               record=dict(config=spec.record, dataset=exp.dataset.name), labels=labels,
+               evaluate_only=evaluate_only)
 
 
 def make_variance_head(spec: Spec, experiment: Experiment):
@@ -476,11 +489,13 @@ def make_variance_head(spec: Spec, experiment: Experiment):
 
 
 def train_variance_head(spec: Spec, workdir: str, mean_params, *,
-                        experiment: Optional[Experiment] = None) -> TrainState:
+                        experiment: Optional[Experiment] = None,
+                        evaluate_only: bool = False) -> TrainState:
     """Stage 2 of NPR-DPM / SN-DPM (docs/optimal_variance.md §3.7): trains only the variance head, mean frozen.
 
     Writes workdir/variance_head/{checkpoints, metrics.jsonl, tensorboard}; resumes like
-    `train`. spec.variance.head names the kind ("npr" or "sn").
+    `train` (evaluate_only: restores it without training). spec.variance.head names the kind
+    ("npr" or "sn").
     """
     exp = build(spec) if experiment is None else experiment
     kind = variance_heads.check_kind(spec.variance.head)
@@ -505,25 +520,31 @@ def train_variance_head(spec: Spec, workdir: str, mean_params, *,
                loss_fn=loss_fn, optimizer=optimizer, train_key=train_key, mesh=exp.mesh,
                data=exp.dataset.train_images, seed=spec.seed + 1,
                record=dict(config=spec.record, dataset=exp.dataset.name, stage="variance_head"),
-               desc=f"train {kind} head")
+               desc=f"train {kind} head", evaluate_only=evaluate_only)
 
 
 def trained_variance_head(spec: Spec, workdir: str, mean_params, *,
-                          experiment: Optional[Experiment] = None) -> variance_heads.HeadModel:
+                          experiment: Optional[Experiment] = None,
+                          evaluate_only: bool = False) -> variance_heads.HeadModel:
     """`train_variance_head` (trains, or restores from workdir), ready for the sampler.
 
     Returns:
       HeadModel(spec.variance.head, mean features_fn, head_apply, the head's EMA params).
     """
     exp = build(spec) if experiment is None else experiment
-    state = train_variance_head(spec, workdir, mean_params, experiment=exp)
+    state = train_variance_head(spec, workdir, mean_params, experiment=exp,
+                                evaluate_only=evaluate_only)
     _, head_apply, features_fn = make_variance_head(spec, exp)
     return variance_heads.HeadModel(spec.variance.head, features_fn, head_apply,
                                     state.ema_params)
 
 
-def train_and_evaluate(spec: Spec, workdir: str) -> Dict[str, Any]:
+def train_and_evaluate(spec: Spec, workdir: str, *,
+                       evaluate_only: bool = False) -> Dict[str, Any]:
     """Trains (resuming from the latest checkpoint in workdir), then samples and evaluates.
+
+    evaluate_only: no training; the latest checkpoint(s) in workdir are evaluated
+    (FileNotFoundError where there are none). Holds the workdir lock throughout.
 
     Writes into workdir: checkpoints/, metrics.jsonl, tensorboard/, samples*.png, real.png,
     results.md and results.json; with spec.variance.head ("npr" / "sn") a second stage trains
@@ -531,15 +552,16 @@ def train_and_evaluate(spec: Spec, workdir: str) -> Dict[str, Any]:
     evaluation results (see udm.pipeline.evaluate).
     """
     with guard.workdir_lock(workdir):  # one run per workdir, evaluation included
-        return _train_and_evaluate(spec, workdir)
+        return _train_and_evaluate(spec, workdir, evaluate_only)
 
 
-def _train_and_evaluate(spec: Spec, workdir: str) -> Dict[str, Any]:
+def _train_and_evaluate(spec: Spec, workdir: str, evaluate_only: bool) -> Dict[str, Any]:
     exp = build(spec)
-    state = train(spec, workdir, experiment=exp)
+    state = train(spec, workdir, experiment=exp, evaluate_only=evaluate_only)
     head = None
     if spec.variance.head:  # stage 2: NPR-DPM / SN-DPM head on the frozen EMA mean model
-        head = trained_variance_head(spec, workdir, state.ema_params, experiment=exp)
+        head = trained_variance_head(spec, workdir, state.ema_params, experiment=exp,
+                                     evaluate_only=evaluate_only)
     if not spec.eval.enabled:
         return {}
     _, eval_apply = make_apply_fns(exp.model)
