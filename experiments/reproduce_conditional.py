@@ -9,8 +9,9 @@ config.sampler.inpaint; docs/guidance.md, docs/inpainting.md):
    against the held-out digits, the mean over classes of the per-class FD, and the entropy of the
    predicted-class histogram; one sample grid per scale (a row per class).
 2. Inpainting: the top half of each held-out digit known, the bottom half filled by the hot
-   (Gaussian, DDIM 50), cold (blur) and heat models (the improved sampler, 20 steps) through their
-   own correct step; against pasting the known half onto unconditional samples at the end.
+   (Gaussian; DDIM 50 and DDPM 250 steps), cold (blur) and heat models (the improved sampler,
+   20 steps) through their own correct step; against pasting the known half onto
+   unconditional samples at the end.
    FD against the held-out digits, the classifier's agreement with the completed digit's label,
    the mean |change| of the known pixels (0 where the sampler ends on an x_0 estimate).
 3. Arithmetic infilling: given "ab+cd=" of held-out equations, the masking, edit (v2), D3PM
@@ -58,6 +59,7 @@ _OUT = flags.DEFINE_string("out", "experiments/results/conditional", "Output pre
 
 GUIDED_SAMPLERS = [("DDIM", "ddim", 50), ("DPM-Solver++(2M)", "dpm_solver_pp_2m", 10)]
 IMAGE_MODELS = [("hot (Gaussian), DDIM", "ddpm_digits", ddpm_digits, "ddim", 50),
+                ("hot (Gaussian), DDPM", "ddpm_digits", ddpm_digits, "ddpm", 250),
                 ("cold (blur), improved", "cold_digits", cold_digits, "improved", 20),
                 ("heat dissipation, improved", "heat_digits", heat_digits, "improved", 20)]
 TEXT_MODELS = [("masking", "masking"), ("edit v2", "edit"), ("D3PM absorbing", "d3pm_absorbing"),
@@ -84,6 +86,19 @@ class Model:
             params=self.params, dataset=self.exp.dataset, mesh=self.exp.mesh,
             sample_key=self.exp.sample_key, num_samples=n)
         return generated[row][0], conditions
+
+
+def _keep(name: str, images: np.ndarray) -> None:
+    """Keeps the images of a figure panel beside the cells (a rerun draws every panel)."""
+    folder = os.path.join(_WORKDIR.value, "conditional_panels")
+    os.makedirs(folder, exist_ok=True)
+    np.save(os.path.join(folder, name + ".tmp.npy"), images)
+    os.replace(os.path.join(folder, name + ".tmp.npy"), os.path.join(folder, name + ".npy"))
+
+
+def _kept(name: str):
+    path = os.path.join(_WORKDIR.value, "conditional_panels", name + ".npy")
+    return np.load(path) if os.path.exists(path) else None
 
 
 def _variant(*tokens) -> str:
@@ -119,7 +134,6 @@ def guidance_table(cells: Cells, n: int, out_dir: str, dataset: str = "digits") 
                                           seed=model.spec.seed,
                                           num_steps=model.spec.eval.classifier_steps)
     reference = classifier.features(data.test_images)
-    grids = []
 
     def cell(label, name, k, scale):
         samples, conditions = model.sample(n, name=name, num_steps=k, guidance_scale=scale)
@@ -127,7 +141,7 @@ def guidance_table(cells: Cells, n: int, out_dir: str, dataset: str = "digits") 
         if name == GUIDED_SAMPLERS[0][1]:
             order = np.concatenate([np.flatnonzero(conditions.labels == c)[:10]
                                     for c in range(10)])
-            grids.append((scale, samples[order]))
+            _keep(f"guidance_{dataset}_{scale:g}", samples[order])
         return dict(
             sampler=label, steps=k, scale=scale,
             accuracy=float(np.mean(np.argmax(probs, -1) == conditions.labels)),
@@ -138,7 +152,9 @@ def guidance_table(cells: Cells, n: int, out_dir: str, dataset: str = "digits") 
     rows = [cells.get(f"guidance/{dataset}/{name}/{k}/{scale}",
                       lambda: cell(label, name, k, scale))
             for label, name, k in GUIDED_SAMPLERS for scale in map(float, _SCALES.value)]
-    if grids:  # written only when the DDIM cells were sampled in this run
+    grids = [(scale, _kept(f"guidance_{dataset}_{scale:g}")) for scale in map(float, _SCALES.value)]
+    grids = [(scale, images) for scale, images in grids if images is not None]
+    if grids:
         import matplotlib.pyplot as plt
         fig, axes = plt.subplots(1, len(grids), figsize=(3 * len(grids), 3.4))
         for ax, (scale, images) in zip(np.atleast_1d(axes), grids):
@@ -153,7 +169,7 @@ def guidance_table(cells: Cells, n: int, out_dir: str, dataset: str = "digits") 
 
 
 def inpainting_table(cells: Cells, n: int, out_dir: str) -> List[Dict]:
-    rows, panels = [], []
+    rows = []
     for label, name, module, sampler, k in IMAGE_MODELS:
         k = 5 if _SMOKE.value else k
         model = Model(module.get_config(_variant()), name)
@@ -166,7 +182,7 @@ def inpainting_table(cells: Cells, n: int, out_dir: str) -> List[Dict]:
         def cell(method):
             if method == "correct step":
                 samples, c = model.sample(n, name=sampler, num_steps=k, inpaint="top_half")
-                panels.append((label, c.known[:16], samples[:16]))
+                _keep(f"inpainting_{name}_{sampler}", np.stack([c.known[:16], samples[:16]]))
             else:  # the known half pasted onto unconditional samples at the end
                 free, _ = model.sample(n, name=sampler, num_steps=k)
                 source = np.arange(n) % len(data.test_images)
@@ -180,8 +196,11 @@ def inpainting_table(cells: Cells, n: int, out_dir: str) -> List[Dict]:
                                                           reference)),
                         agreement=scores["class_accuracy"], known_changed=scores["known_changed"])
 
-        rows += [cells.get(f"inpainting/{name}/{k}/{method}", lambda: cell(method))
+        rows += [cells.get(f"inpainting/{name}/{sampler}/{k}/{method}", lambda: cell(method))
                  for method in ("correct step", "paste at the end")]
+    panels = [(label, _kept(f"inpainting_{name}_{sampler}"))
+              for label, name, _, sampler, _ in IMAGE_MODELS]
+    panels = [(label, pair[0], pair[1]) for label, pair in panels if pair is not None]
     if panels:
         import matplotlib.pyplot as plt
         fig, axes = plt.subplots(len(panels), 2, figsize=(6, 1.8 * len(panels)), squeeze=False)

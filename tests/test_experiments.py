@@ -125,8 +125,8 @@ def test_reproduce_conditional_smoke(tmp_path):
     inpainting = result["inpainting"]
     # exact where the sampler ends on an x_0 estimate (DDIM) and for the pasted rows; the
     # improved design of cold / heat adds x_t - F_t(x0_hat) to its last estimate
-    assert len(inpainting) == 6 and all(r["known_changed"] == 0.0 for r in inpainting
-                                        if r["method"] != "correct step" or "DDIM" in r["process"])
+    assert len(inpainting) == 8 and all(r["known_changed"] == 0.0 for r in inpainting
+                                        if r["method"] != "correct step" or "hot" in r["process"])
     assert all(np.isfinite(r["known_changed"]) for r in inpainting)
     for part in ("infilling", "lee"):
         assert list(dict.fromkeys(r["process"] for r in result[part])) == [
