@@ -52,9 +52,12 @@ def parse_flags(argv):
 
 
 def main(argv):
-    # Orbax reports every save at INFO; keep the console for the progress bar and the table.
+    # Orbax reports every save at INFO, and a failed write as pages of ERROR lines and
+    # tracebacks: keep the console for the progress bar, the table and one-line errors.
     if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+        logging.set_verbosity(logging.WARNING if _TRACEBACK.value else logging.FATAL)
+    if not _TRACEBACK.value:
+        guard.quiet_closed_event_loops()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:

@@ -17,6 +17,7 @@ restore that steps over an unreadable newest checkpoint.
 """
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -170,7 +171,7 @@ def _first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {line}"
 
 
-def _quiet_closed_event_loops() -> None:
+def quiet_closed_event_loops() -> None:
     """After a failed read orbax's reader threads report "Event loop is closed" through
     sys.unraisablehook, hundreds of tracebacks for one bad file; drop exactly those, pass
     everything else to the previous hook."""
@@ -216,7 +217,7 @@ def restore_newest_intact(open_checkpointer: Callable[[], Any], restore: Callabl
         except keep_errors:
             raise
         except Exception as error:  # noqa: BLE001 - any reading failure means "unreadable"
-            _quiet_closed_event_loops()
+            quiet_closed_event_loops()
             reason = _first_line(error)
             directory = checkpointer.directory
             checkpointer.close()
@@ -237,6 +238,29 @@ def restore_newest_intact(open_checkpointer: Callable[[], Any], restore: Callabl
     return checkpointer, None, None
 
 
+# What tensorstore / orbax say (inside ValueError / RuntimeError texts) for a failing disk.
+_WRITE_FAILURES = [(("No space left", "RESOURCE_EXHAUSTED", "OS error 28"), errno.ENOSPC),
+                   (("Read-only file system", "OS error 30"), errno.EROFS),
+                   (("Permission denied", "OS error 13"), errno.EACCES)]
+
+
+def save_checkpoint(checkpointer, step: int, state, record) -> None:
+    """`checkpointer.save`, with a failure of the disk raised as the OSError it is (ENOSPC,
+    EROFS, EACCES, naming the step's folder) instead of orbax's wrapped text; the unfinished
+    save stays in orbax's temporary folder, which is never read as a checkpoint and is removed
+    by the next save of that step."""
+    try:
+        checkpointer.save(step, state, record)
+    except Exception as error:  # noqa: BLE001
+        quiet_closed_event_loops()
+        text = str(error)
+        for needles, code in _WRITE_FAILURES:
+            if any(needle in text for needle in needles):
+                raise OSError(code, os.strerror(code),
+                              os.path.join(checkpointer.directory, str(step))) from error
+        raise
+
+
 def _move_aside(directory: str, step: int) -> str:
     """Moves the step folder of `directory` into `<directory>.unreadable/` (a fresh name)."""
     quarantine = directory.rstrip(os.sep) + ".unreadable"
@@ -252,4 +276,5 @@ def _move_aside(directory: str, step: int) -> str:
 
 
 __all__ = ["NoIntactCheckpointError", "StopSignals", "Stopped", "WorkdirBusyError",
-           "restore_newest_intact", "workdir_lock"]
+           "quiet_closed_event_loops", "restore_newest_intact", "save_checkpoint",
+           "workdir_lock"]

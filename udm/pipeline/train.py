@@ -425,7 +425,7 @@ def _fit_loop(train_spec: TrainSpec, workdir: str, checkpointer, stop, *, state,
                 writer.write(done, summary)
                 bar.set_postfix(loss=f"{summary['loss']:.4f}")
                 if save_now:
-                    checkpointer.save(done, state, record)
+                    guard.save_checkpoint(checkpointer, done, state, record)
             if stop_signal is not None:
                 bar.close()
                 error = guard.Stopped(stop_signal, done, checkpointer.directory)
