@@ -61,15 +61,17 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
-        spec = from_config(_CONFIG.value)
-    except ValueError as error:  # a bad value: the message names the field
-        if _TRACEBACK.value:
-            raise
-        print(f"udm: {one_line(error)}", file=sys.stderr)
-        sys.exit(2)
-    try:
+        # First: jax.distributed must start before anything touches a device (the spec's
+        # checks ask for the device count).
         distributed.initialize_from_flags_or_env(_COORDINATOR.value, _NUM_PROCESSES.value,
                                                  _PROCESS_ID.value)
+        try:
+            spec = from_config(_CONFIG.value)
+        except ValueError as error:  # a bad value: the message names the field
+            if _TRACEBACK.value:
+                raise
+            print(f"udm: {one_line(error)}", file=sys.stderr)
+            sys.exit(2)
         train_and_evaluate(spec, _WORKDIR.value, evaluate_only=_EVALUATE_ONLY.value)
     except guard.Stopped as stopped:  # SIGTERM / Ctrl-C: the step is checkpointed, said so
         sys.exit(stopped.exit_code)
