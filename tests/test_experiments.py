@@ -132,7 +132,8 @@ def test_reproduce_conditional_smoke(tmp_path):
         assert list(dict.fromkeys(r["process"] for r in result[part])) == [
             "masking", "edit v2", "D3PM absorbing", "D3PM uniform"]
     assert all(0 <= r["filled"] <= 1 for r in result["infilling"])
-    assert all(1 <= r["filled"] <= 41 and r["known"] == 16 for r in result["lee"])
+    # a perplexity: >= 1, and above V = 41 for text the 3-gram model finds unlikely
+    assert all(1 <= r["filled"] < np.inf and r["known"] == 16 for r in result["lee"])
     for name in ("conditional_guidance.png", "conditional_inpainting.png", "conditional.md"):
         assert (tmp_path / name).exists()
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
