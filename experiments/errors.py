@@ -49,6 +49,13 @@ def _load_config(spec: str):
     return module.get_config(variant) if variant else module.get_config()
 
 
+# Names users reach for that udm spells otherwise: (section, name) -> the field meant.
+_MEANT = {("sampler", "schedule"): "config.sampler.spacing (the time grid: uniform, karras, "
+                                   "logsnr, ...; config.process.schedule is the noise schedule)",
+          ("sampler", "steps"): "config.sampler.num_steps",
+          ("train", "steps"): "config.train.num_steps"}
+
+
 def command_line_error(argv, error: BaseException) -> str:
     """What is wrong with a command line whose flags did not parse, in one line: an unknown
     config field with the nearest valid names, or the parser's own message."""
@@ -66,6 +73,9 @@ def command_line_error(argv, error: BaseException) -> str:
             for name in dotted.split("."):
                 keys = list(node.keys()) if hasattr(node, "keys") else []
                 if name not in keys:
+                    meant = _MEANT.get((walked.rpartition(".")[2], name))
+                    if meant is not None:
+                        return f"unknown config field {walked}.{name}; did you mean {meant}?"
                     near = difflib.get_close_matches(name, keys, n=3, cutoff=0.5)
                     hint = (f"; did you mean {', '.join(f'{walked}.{k}' for k in near)}?" if near
                             else f"; valid: {', '.join(sorted(keys))}" if keys else "")

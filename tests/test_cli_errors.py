@@ -26,6 +26,8 @@ def _run(*args):
                                      "batch_size, checkpoint_every"),
     ("--config.trian.num_steps=1", "unknown config field config.trian; did you mean "
                                    "config.train, "),
+    ("--config.sampler.schedule=karras", "unknown config field config.sampler.schedule; did you "
+                                         "mean config.sampler.spacing (the time grid"),
 ])
 def test_unknown_config_fields_name_the_nearest_valid_ones(override, message):
     argv = ["main", CONFIG, "--workdir=/tmp/unused", override]
